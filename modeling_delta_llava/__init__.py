@@ -1,0 +1,1 @@
+"""Delta-LLaVA for Hugging Face transformers."""

@@ -1,0 +1,54 @@
+"""Installs the project under the single import namespace ``delta_llava``.
+
+The top-level folders keep the layout a Hub checkpoint needs (``modeling_delta_llava/`` and ``processing/`` hold the
+files that travel with a checkpoint as remote code); ``package_dir`` maps them into one namespace so nothing generic
+such as ``processing`` or ``training`` lands in site-packages.
+"""
+
+from setuptools import setup
+
+PACKAGES = {
+    "delta_llava": "modeling_delta_llava",
+    "delta_llava.processing": "processing",
+    "delta_llava.training": "training",
+    "delta_llava.hub_cards": "hub_cards",
+}
+
+setup(
+    name="delta-llava",
+    version="0.1.0",
+    description="Delta-LLaVA token-efficient projector and Mask-LLaVA object tokens for Hugging Face transformers",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={
+        "delta_llava.training": ["recipes/*.yaml", "accelerate_configs/*.yaml"],
+        "delta_llava.hub_cards": ["*.md", "*.jinja"],
+    },
+    install_requires=[
+        "torch>=2.4",
+        "transformers==5.23.0",
+        "accelerate==1.15.0",
+        "trl==1.16.0",
+        "peft==0.21.2",
+        "datasets==5.2.0",
+        "evaluate==0.4.6",
+        "huggingface-hub>=1.0",
+        "safetensors",
+        "tokenizers",
+        "pillow",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "quantization": ["bitsandbytes==0.50.2"],
+        "test": ["pytest", "hypothesis", "scikit-image", "bitsandbytes==0.50.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "delta-llava-train=delta_llava.training.train:main",
+        ]
+    },
+)
