@@ -1,1 +1,13 @@
-"""Delta-LLaVA for Hugging Face transformers."""
+"""Delta-LLaVA for Hugging Face transformers: `from delta_llava import DeltaLlavaForConditionalGeneration`."""
+
+from .configuration_delta_llava import DeltaLlavaConfig
+from .conversion import convert_llava_to_delta_llava
+from .modeling_delta_llava import DeltaLlavaForConditionalGeneration, DeltaLlavaModel, DeltaLlavaPreTrainedModel
+
+__all__ = [
+    "DeltaLlavaConfig",
+    "DeltaLlavaModel",
+    "DeltaLlavaPreTrainedModel",
+    "DeltaLlavaForConditionalGeneration",
+    "convert_llava_to_delta_llava",
+]

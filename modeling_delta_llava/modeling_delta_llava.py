@@ -1,0 +1,273 @@
+"""Delta-LLaVA: a vision tower, a token-efficient projector and a causal language model, in transformers' Llava style."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from .configuration_delta_llava import DeltaLlavaConfig
+from .delta_projection import LowRankUpdate
+from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
+from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
+from .projector_delta import DeltaProjector
+
+
+PROJECTOR_CLASSES = {
+    "delta": DeltaProjector,
+    "mlp2x_gelu": MlpProjector,
+    "tokenpacker": TokenPackerProjector,
+    "avgpool": AvgPoolProjector,
+}
+PROJECTORS_READING_MEMORY = ("delta", "tokenpacker")
+
+
+@dataclass
+class DeltaLlavaModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.FloatTensor` of shape `(total_image_tokens, hidden_size)`, *optional*):
+        The projected visual tokens of every image of the batch, concatenated in placeholder order.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class DeltaLlavaCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss on the positions `labels` keeps.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): language modeling scores.
+    past_key_values (`Cache`, *optional*): the key/value cache for the next decoding step.
+    image_hidden_states (`torch.FloatTensor` of shape `(total_image_tokens, hidden_size)`, *optional*): see above.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class DeltaLlavaPreTrainedModel(PreTrainedModel):
+    config: DeltaLlavaConfig
+    config_class = DeltaLlavaConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DeltaProjector", "TokenPackerProjector", "MlpProjector", "AvgPoolProjector"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LowRankUpdate):
+            init.normal_(module.down, std=module.down.shape[1] ** -0.5)
+            init.zeros_(module.up)  # a fresh role starts exactly at the shared base
+
+
+class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
+    """Vision tower + projector + language model, without the language modeling head."""
+
+    def __init__(self, config: DeltaLlavaConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        num_visual_tokens: int | None = None,
+        object_masks: torch.FloatTensor | None = None,
+        max_object_tokens: int | None = None,
+    ) -> list[torch.FloatTensor]:
+        """
+        pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w)] -> one (n_i, hidden_size) tensor per image with
+        n_i = [1 global token] + num_visual_tokens + [min(valid masks of image i, max_object_tokens) object tokens].
+        """
+        config = self.config
+        num_visual_tokens = config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
+        query_side = config.check_num_visual_tokens(num_visual_tokens)
+        hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        num_patches = config.patch_grid_size**2
+        selected = hidden_states[config.vision_feature_layer]
+        patch_features = selected[:, -num_patches:]  # drops the CLS token of towers that have one
+        memory = None
+        if config.projector_type in PROJECTORS_READING_MEMORY:
+            memory = torch.stack([hidden_states[layer][:, -num_patches:] for layer in config.memory_layers], dim=1)
+        per_image = [self.multi_modal_projector(patch_features, memory, query_side)]
+
+        reference_norm = patch_features.norm(dim=-1).mean(dim=1)  # (I,): Mask-LLaVA's norm scaling target
+        if config.use_global_token:
+            has_cls = selected.shape[1] == num_patches + 1
+            global_feature = selected[:, :1] if has_cls else patch_features.mean(dim=1, keepdim=True)
+            global_token = self.multi_modal_projector.project_extra_tokens(
+                scale_to_norm(global_feature, reference_norm), "global"
+            )
+            per_image.insert(0, global_token)
+        tokens = torch.cat(per_image, dim=1)
+
+        max_object_tokens = config.max_object_tokens if max_object_tokens is None else max_object_tokens
+        if not (config.use_object_tokens and object_masks is not None and max_object_tokens > 0):
+            return list(tokens)
+        if object_masks.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"object_masks has masks for {object_masks.shape[0]} images but pixel_values has "
+                f"{pixel_values.shape[0]} images; pass one (K, h, w) mask stack per image."
+            )
+        kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
+        object_masks = object_masks[:, : max(kept, default=0)]
+        object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
+        object_tokens = self.multi_modal_projector.project_extra_tokens(object_features, "object")
+        return [torch.cat([image, objects[:count]]) for image, objects, count in zip(tokens, object_tokens, kept)]
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor) -> torch.BoolTensor:
+        """(B, T) positions of the `<image>` placeholders."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        num_visual_tokens: int | None = None,
+        object_masks: torch.FloatTensor | None = None,
+        max_object_tokens: int | None = None,
+        **kwargs,
+    ) -> DeltaLlavaModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        num_placeholders = int(placeholder_mask.sum())
+        image_features = None
+        if pixel_values is not None:
+            image_features = torch.cat(
+                self.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
+            ).to(inputs_embeds.device, inputs_embeds.dtype)
+            if num_placeholders != image_features.shape[0]:
+                raise ValueError(
+                    f"The text has {num_placeholders} image placeholder tokens but the images produce "
+                    f"{image_features.shape[0]} features. Build inputs with the processor using the same "
+                    "num_visual_tokens / max_object_tokens you pass to the model."
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
+        elif num_placeholders:
+            raise ValueError(
+                f"The text has {num_placeholders} image placeholder tokens but no pixel_values were given; "
+                "pass the images (processor output `pixel_values`)."
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return DeltaLlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMixin):
+    """Delta-LLaVA with a language modeling head: training with `labels` and `generate`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: DeltaLlavaConfig):
+        super().__init__(config)
+        self.model = DeltaLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        num_visual_tokens: int | None = None,
+        object_masks: torch.FloatTensor | None = None,
+        max_object_tokens: int | None = None,
+    ) -> list[torch.FloatTensor]:
+        """See [`DeltaLlavaModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        num_visual_tokens: int | None = None,
+        object_masks: torch.FloatTensor | None = None,
+        max_object_tokens: int | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> DeltaLlavaCausalLMOutputWithPast:
+        """`labels` (B, T) use -100 on positions without loss (prompt, padding, image placeholders)."""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            num_visual_tokens=num_visual_tokens,
+            object_masks=object_masks,
+            max_object_tokens=max_object_tokens,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return DeltaLlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Images (and their masks) are read once, at prefill; cached decoding steps only see new text tokens."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            model_inputs.pop("object_masks", None)
+        return model_inputs
+
+
+DeltaLlavaConfig.register_for_auto_class()
+DeltaLlavaModel.register_for_auto_class("AutoModel")
+DeltaLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = ["DeltaLlavaPreTrainedModel", "DeltaLlavaModel", "DeltaLlavaForConditionalGeneration"]

@@ -1,0 +1,67 @@
+"""Baseline projectors with the Delta projector's interface, so every claim is measured against them in one run."""
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration_delta_llava import DeltaLlavaConfig
+from .projector_layers import resize_tokens
+from .windowed_cross_attention import WindowedCrossAttention
+
+
+class MlpProjector(nn.Module):
+    """LLaVA-1.5's `mlp2x_gelu`: Linear -> GELU -> Linear on every patch; names match `llava-hf` checkpoints."""
+
+    def __init__(self, config: DeltaLlavaConfig):
+        super().__init__()
+        text_width = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_width)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_width, text_width)
+
+    def forward(self, patch_features: torch.Tensor, memory: torch.Tensor | None, query_side: int) -> torch.Tensor:
+        """(B, G*G, C) -> (B, G*G, D); the budget is always the full grid."""
+        return self.project_extra_tokens(patch_features, "query")
+
+    def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
+        """(B, K, C) -> (B, K, D): every token type goes through the same MLP."""
+        return self.linear_2(self.act(self.linear_1(tokens)))
+
+
+class AvgPoolProjector(MlpProjector):
+    """Adaptive average pooling of the patch grid to g x g, then LLaVA's MLP."""
+
+    def forward(self, patch_features: torch.Tensor, memory: torch.Tensor | None, query_side: int) -> torch.Tensor:
+        """(B, G*G, C) -> (B, g*g, D)."""
+        return self.project_extra_tokens(resize_tokens(patch_features, query_side), "query")
+
+
+class TokenPackerProjector(nn.Module):
+    """
+    TokenPacker-style point-to-region projector: interpolated queries attend to the s x s patch region under them in
+    the multi-level memory (levels concatenated along channels), then an MLP maps to the LLM width.
+    """
+
+    def __init__(self, config: DeltaLlavaConfig):
+        super().__init__()
+        vision_width = config.vision_config.hidden_size
+        width = config.projector_hidden_size
+        levels = len(config.memory_layers)
+        act = config.projector_hidden_act
+        self.query_mlp = nn.Sequential(nn.Linear(vision_width, width), ACT2FN[act], nn.Linear(width, width))
+        self.key_mlp = nn.Sequential(nn.Linear(levels * vision_width, width), ACT2FN[act], nn.Linear(width, width))
+        self.value_mlp = nn.Sequential(nn.Linear(levels * vision_width, width), ACT2FN[act], nn.Linear(width, width))
+        self.cross_attention = WindowedCrossAttention(width, width // config.projector_head_dim, window_size=1)
+        text_width = config.text_config.hidden_size
+        self.output_mlp = nn.Sequential(nn.Linear(width, text_width), ACT2FN[act], nn.Linear(text_width, text_width))
+
+    def forward(self, patch_features: torch.Tensor, memory: torch.Tensor, query_side: int) -> torch.Tensor:
+        """patch_features (B, G*G, C), memory (B, L, G*G, C) -> (B, g*g, D)."""
+        queries = self.query_mlp(resize_tokens(patch_features, query_side))
+        stacked = memory.permute(0, 2, 1, 3).flatten(2).unsqueeze(1)  # (B, 1, G*G, L*C)
+        tokens = self.cross_attention(queries, self.key_mlp(stacked), self.value_mlp(stacked))
+        return self.output_mlp(tokens)
+
+    def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
+        """(B, K, C) -> (B, K, D) through the query and output MLPs."""
+        return self.output_mlp(self.query_mlp(tokens))
