@@ -1,0 +1,53 @@
+"""Shared measuring tools of the benchmarks: FLOP counts on the meta device, paper-size configs, result files."""
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from delta_llava import DeltaLlavaConfig
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PAPER_BUDGETS = [576, 144, 64, 36, 16, 4, 1]
+VICUNA_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32064,
+    "max_position_embeddings": 4096,
+}
+
+
+def paper_config(projector_type: str = "delta", num_visual_tokens: int = 144, **overrides) -> DeltaLlavaConfig:
+    """CLIP ViT-L/14-336 + Vicuna-7B with the paper's projector defaults (the config's own defaults)."""
+    if projector_type == "mlp2x_gelu":
+        num_visual_tokens = 576
+    return DeltaLlavaConfig(
+        text_config=VICUNA_7B, projector_type=projector_type, num_visual_tokens=num_visual_tokens, **overrides
+    )
+
+
+def count_flops(function, *args, **kwargs) -> int:
+    """Total FLOPs (multiply-add = 2) that torch's FlopCounterMode sees while `function` runs; works on meta tensors."""
+    with FlopCounterMode(display=False) as counter:
+        function(*args, **kwargs)
+    return counter.get_total_flops()
+
+
+def write_results(name: str, payload: dict, command: str) -> Path:
+    """Writes `benchmarks/results/<name>.json` with the command and machine that produced it."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {
+        "command": command,
+        "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()},
+        **payload,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
