@@ -49,6 +49,7 @@ setup(
     entry_points={
         "console_scripts": [
             "delta-llava-train=delta_llava.training.train:main",
+            "delta-llava-quickstart=delta_llava.training.quickstart:main",
         ]
     },
 )

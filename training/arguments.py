@@ -1,0 +1,73 @@
+"""Command-line / YAML arguments of `delta-llava-train`, parsed with TRL's `TrlParser` beside `SFTConfig`."""
+
+from dataclasses import dataclass, field
+
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class DeltaLlavaModelArguments:
+    """Where the model comes from, the projector settings, what trains, and LoRA/QLoRA."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A Delta-LLaVA checkpoint to continue from."})
+    llava_checkpoint: str | None = field(
+        default=None, metadata={"help": "A transformers LLaVA checkpoint (e.g. llava-hf/llava-1.5-7b-hf) to start from."}
+    )
+    vision_tower: str | None = field(default=None, metadata={"help": "Vision tower id, e.g. openai/clip-vit-large-patch14-336."})
+    language_model: str | None = field(default=None, metadata={"help": "Causal LM id, e.g. lmsys/vicuna-7b-v1.5."})
+    stage: str = field(default="finetune", metadata={"help": "pretrain (projector only) or finetune (projector + LLM)."})
+    projector_type: str = field(default="delta", metadata={"help": "delta, mlp2x_gelu, tokenpacker or avgpool."})
+    num_visual_tokens: int = field(default=144, metadata={"help": "Default visual token budget per image."})
+    elastic_budgets: list[int] | None = field(
+        default=None, metadata={"help": "Draw the budget of each batch from these (one checkpoint, every budget)."}
+    )
+    vision_feature_layer: int | None = field(default=None, metadata={"help": "Hidden-state index of the patch features."})
+    projector_hidden_size: int | None = field(default=None, metadata={"help": "Projector width d (config default 1024)."})
+    delta_rank: int | None = field(default=None, metadata={"help": "Rank r of the Delta updates (config default 64)."})
+    window_size: int | None = field(default=None, metadata={"help": "Cross-attention window side w (default 1)."})
+    ffn_hidden_size: int | None = field(default=None, metadata={"help": "FFN refinement width (default 4096)."})
+    projector_head_dim: int | None = field(default=None, metadata={"help": "Channels per projector head (default 64)."})
+    use_emhsa: bool = field(default=True, metadata={"help": "Ablation switch: keep the EMHSA blocks."})
+    use_delta_projection: bool = field(default=True, metadata={"help": "Ablation switch: shared base + low rank."})
+    use_transformer_block: bool = field(default=True, metadata={"help": "Ablation switch: keep the NTB."})
+    use_object_tokens: bool = field(default=False, metadata={"help": "Add Mask-LLaVA object tokens (needs masks)."})
+    max_object_tokens: int = field(default=8, metadata={"help": "Object tokens kept per image."})
+    use_global_token: bool = field(default=False, metadata={"help": "Add the CLS feature as a global token."})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
+    cache_vision_features: bool = field(
+        default=False, metadata={"help": "Memoise the frozen tower's outputs per image (small data, many epochs)."}
+    )
+    projector_learning_rate: float | None = field(default=None, metadata={"help": "Own learning rate of the projector."})
+    use_lora: bool = field(default=False, metadata={"help": "LoRA on the language model (finetune stage)."})
+    use_qlora: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 language model + LoRA (needs a GPU)."})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    merge_lora: bool = field(default=False, metadata={"help": "Merge the LoRA adapters into the saved checkpoint."})
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage {self.stage!r} is unknown. Allowed values: {list(STAGES)}.")
+        sources = [n for n in ("model_name_or_path", "llava_checkpoint") if getattr(self, n)]
+        if self.vision_tower or self.language_model:
+            sources.append("vision_tower + language_model")
+        if len(sources) != 1 or (sources[0].startswith("vision") and not (self.vision_tower and self.language_model)):
+            raise ValueError(
+                "Give exactly one model source: --model_name_or_path (a Delta-LLaVA checkpoint), --llava_checkpoint "
+                f"(a transformers LLaVA checkpoint), or both --vision_tower and --language_model; got {sources or 'none'}."
+            )
+        if (self.use_lora or self.use_qlora) and self.stage != "finetune":
+            raise ValueError("--use_lora/--use_qlora apply to --stage finetune; stage 1 trains only the projector.")
+        if self.cache_vision_features and not self.freeze_vision_tower:
+            raise ValueError("--cache_vision_features needs --freeze_vision_tower true: a training tower changes.")
+
+
+@dataclass
+class DeltaLlavaDataArguments:
+    """The training data: a `datasets` folder with `images` + `messages`, or LLaVA's JSON with an image folder."""
+
+    dataset_path: str = field(metadata={"help": "save_to_disk folder, or a LLaVA-format .json/.jsonl file."})
+    image_folder: str | None = field(default=None, metadata={"help": "Image root of a LLaVA-format JSON file."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on when the folder holds several."})
+    on_bad_row: str = field(default="skip", metadata={"help": "LLaVA JSON rows that fail checks: skip or raise."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N samples only."})

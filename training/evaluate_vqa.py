@@ -1,0 +1,50 @@
+"""Generate answers on a VQA split at a chosen token budget and score them per question type."""
+
+import torch
+from tqdm.auto import tqdm
+
+from .vqa_metrics import score_predictions
+
+
+def user_turn(messages: list[dict]) -> list[dict]:
+    """The conversation up to (not including) the first assistant answer."""
+    end = next(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[:end]
+
+
+@torch.inference_mode()
+def generate_answers(
+    model,
+    processor,
+    dataset,
+    num_visual_tokens: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+    desc: str = "generating",
+) -> list[str]:
+    """Greedy answers for every row of an `images` + `messages` dataset, in order."""
+    model.eval()
+    answers = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
+        rows = dataset[start : start + batch_size]
+        prompts = [
+            processor.apply_chat_template(user_turn(messages), add_generation_prompt=True) for messages in rows["messages"]
+        ]
+        inputs = processor(
+            images=rows["images"], text=prompts, num_visual_tokens=num_visual_tokens, padding=True, return_tensors="pt"
+        ).to(model.device)
+        output = model.generate(
+            **inputs, num_visual_tokens=num_visual_tokens, max_new_tokens=max_new_tokens, do_sample=False
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+def evaluate_budget(model, processor, dataset, num_visual_tokens: int, batch_size: int = 32) -> dict:
+    """Per-type scores (see `score_predictions`) of greedy answers at one budget, plus the answers themselves."""
+    predictions = generate_answers(
+        model, processor, dataset, num_visual_tokens, batch_size, desc=f"evaluating at {num_visual_tokens} tokens"
+    )
+    scores = score_predictions(predictions, list(dataset["answer"]), list(dataset["question_type"]))
+    return {"scores": scores, "predictions": predictions}

@@ -1,0 +1,165 @@
+"""Builds the model and processor a training run starts from, and sets what trains in each stage."""
+
+import logging
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
+from transformers import initialization as init
+
+from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration, convert_llava_to_delta_llava
+from delta_llava.processing import DeltaLlavaProcessor
+
+from .arguments import DeltaLlavaModelArguments
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+PROJECTOR_FIELDS = (
+    "projector_type",
+    "num_visual_tokens",
+    "vision_feature_layer",
+    "projector_hidden_size",
+    "delta_rank",
+    "window_size",
+    "ffn_hidden_size",
+    "projector_head_dim",
+    "use_emhsa",
+    "use_delta_projection",
+    "use_transformer_block",
+    "use_object_tokens",
+    "max_object_tokens",
+    "use_global_token",
+)
+LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def projector_settings(args: DeltaLlavaModelArguments) -> dict:
+    """The projector fields the user set (None means: keep the config's default)."""
+    return {name: getattr(args, name) for name in PROJECTOR_FIELDS if getattr(args, name) is not None}
+
+
+def build_processor(image_processor, tokenizer, config: DeltaLlavaConfig) -> DeltaLlavaProcessor:
+    """A DeltaLlavaProcessor whose token counts follow the model's config."""
+    return DeltaLlavaProcessor(
+        image_processor,
+        tokenizer,
+        num_visual_tokens=config.num_visual_tokens,
+        use_global_token=config.use_global_token,
+        use_object_tokens=config.use_object_tokens,
+        max_object_tokens=config.max_object_tokens,
+    )
+
+
+def tokenizer_with_image_token(name_or_path: str):
+    """The language model's tokenizer with `<image>` as a special token and a pad token (LLaVA pads with unk)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def build_from_towers(args: DeltaLlavaModelArguments, dtype: torch.dtype):
+    """A fresh projector between a pretrained vision tower and a pretrained causal LM."""
+    tokenizer = tokenizer_with_image_token(args.language_model)
+    vision_config = AutoConfig.from_pretrained(args.vision_tower)
+    vision_config = getattr(vision_config, "vision_config", vision_config)  # CLIPConfig -> CLIPVisionConfig
+    config = DeltaLlavaConfig(
+        vision_config=vision_config,
+        text_config=AutoConfig.from_pretrained(args.language_model),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **projector_settings(args),
+    )
+    with init.no_init_weights():  # the towers are replaced right away; only the projector needs initialising
+        model = DeltaLlavaForConditionalGeneration(config)
+    model.model.vision_tower = AutoModel.from_pretrained(args.vision_tower, config=vision_config, dtype=dtype)
+    language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
+    model.model.language_model = language_model.model
+    model.lm_head = language_model.lm_head
+    model.model.multi_modal_projector.apply(model._init_weights)
+    model.to(dtype)
+    if len(tokenizer) > model.config.text_config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    processor = build_processor(AutoImageProcessor.from_pretrained(args.vision_tower), tokenizer, config)
+    return model, processor
+
+
+def build_model_and_processor(args: DeltaLlavaModelArguments, dtype: torch.dtype = torch.float32):
+    """(model, processor) from one of the three sources in `args`."""
+    if args.use_qlora:
+        if not args.model_name_or_path:
+            raise ValueError(
+                "--use_qlora loads a saved Delta-LLaVA checkpoint in 4 bit: pass --model_name_or_path (e.g. the stage-1 "
+                "output); build from towers or a LLaVA checkpoint with a first full-precision run."
+            )
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+        )
+        model = DeltaLlavaForConditionalGeneration.from_pretrained(
+            args.model_name_or_path, quantization_config=quantization, dtype=dtype
+        )
+        processor = DeltaLlavaProcessor.from_pretrained(args.model_name_or_path)
+    elif args.model_name_or_path:
+        model = DeltaLlavaForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=dtype)
+        processor = DeltaLlavaProcessor.from_pretrained(args.model_name_or_path)
+    elif args.llava_checkpoint:
+        settings = projector_settings(args)
+        model = convert_llava_to_delta_llava(args.llava_checkpoint, settings.pop("projector_type"), dtype, **settings)
+        tokenizer = tokenizer_with_image_token(args.llava_checkpoint)
+        processor = build_processor(AutoImageProcessor.from_pretrained(args.llava_checkpoint), tokenizer, model.config)
+        return model, processor
+    else:
+        return build_from_towers(args, dtype)
+    model.config.num_visual_tokens = args.num_visual_tokens
+    model.config.check_num_visual_tokens(args.num_visual_tokens)
+    processor.num_visual_tokens = args.num_visual_tokens
+    return model, processor
+
+
+def set_trainable_parts(model: DeltaLlavaForConditionalGeneration, stage: str, freeze_vision_tower: bool) -> None:
+    """pretrain: only the projector trains. finetune: projector + language model (+ the tower if not frozen)."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if stage == "finetune":
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    if not freeze_vision_tower:
+        model.model.vision_tower.requires_grad_(True)
+
+
+def wrap_with_lora(model: DeltaLlavaForConditionalGeneration, args: DeltaLlavaModelArguments):
+    """LoRA on the language model's linear layers; the projector trains fully (peft `modules_to_save`)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if args.use_qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora_config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=LANGUAGE_MODEL_LINEARS,
+        modules_to_save=["multi_modal_projector"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora_config)
+    if not args.freeze_vision_tower:
+        model.base_model.model.model.vision_tower.requires_grad_(True)
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,200 @@
+"""The quick start: train a small Delta-LLaVA offline on the synthetic VQA set and show the accuracy-vs-budget table.
+
+    delta-llava-quickstart [--output_dir outputs/quickstart]
+
+Everything is built here, small and local: the synthetic train/test sets, a word-level tokenizer, a small CLIP-style
+vision tower (warmed up on per-cell labels, then frozen and its features memoised), a small Llama. Training goes
+through the same entry point as the real recipes (`delta_llava.training.train`, TRL's SFTTrainer), with elastic
+budgets so one checkpoint serves every budget. Then: evaluation at several budgets beside the chance and majority
+levels, the checkpoint saved with its remote code, and one question answered by the checkpoint loaded back through
+`AutoModelForImageTextToText` / `AutoProcessor` with `trust_remote_code=True`.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    HfArgumentParser,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+from trl import SFTConfig
+
+from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
+from .budget_report import plot_accuracy_by_budget, print_accuracy_table
+from .evaluate_vqa import evaluate_budget, generate_answers, user_turn
+from .local_tokenizer import build_word_level_tokenizer
+from .synthetic_vqa import CELL_LABEL_NAMES, make_synthetic_vqa, word_vocabulary
+from .train import train
+from .vision_feature_cache import cached_vision_tower
+from .vision_warmup import warm_up_vision_tower
+from .vqa_metrics import majority_baseline
+
+
+@dataclass
+class QuickStartArguments:
+    output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where data, models and results go."})
+    train_samples: int = field(default=6000, metadata={"help": "Synthetic training questions."})
+    test_samples: int = field(default=600, metadata={"help": "Synthetic test questions (another seed)."})
+    image_size: int = field(default=96, metadata={"help": "Image side in pixels."})
+    patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
+    warmup_steps: int = field(default=300, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
+    train_epochs: float = field(default=4.0, metadata={"help": "Epochs of Delta-LLaVA training."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    elastic_budgets: list[int] = field(default_factory=lambda: [144, 36, 16, 9, 4, 1])
+    eval_budgets: list[int] = field(default_factory=lambda: [144, 36, 9, 4, 1])
+    seed: int = field(default=0)
+
+
+def build_tokenizer(directory: Path, grid_size: int):
+    tokenizer = build_word_level_tokenizer(word_vocabulary(grid_size))
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) -> list[float]:
+    """A 2-layer CLIP-style tower, warmed up on the training images' per-cell labels, saved with its processor."""
+    config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": args.image_size}, crop_size={"height": args.image_size, "width": args.image_size}
+    )
+    torch.manual_seed(args.seed)
+    tower = CLIPVisionModel(config)
+    scenes = train_set.select(range(0, len(train_set), 2))  # every other row: consecutive rows may share a scene
+    pixel_values = image_processor([images[0] for images in scenes["images"]], return_tensors="pt")["pixel_values"]
+    cell_labels = torch.tensor(scenes["cell_labels"])
+    losses = warm_up_vision_tower(tower, pixel_values, cell_labels, len(CELL_LABEL_NAMES), args.warmup_steps, seed=args.seed)
+    tower.save_pretrained(directory)
+    image_processor.save_pretrained(directory)
+    return losses
+
+
+def build_language_model(directory: Path, tokenizer) -> None:
+    """A 2-layer Llama with random weights over the synthetic vocabulary."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def run(args: QuickStartArguments) -> dict:
+    started = time.time()
+    out = Path(args.output_dir)
+    timings = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.time() - started - sum(timings.values()), 1)
+        print(f"[{time.time() - started:6.0f}s] {name} done")
+
+    train_set = make_synthetic_vqa(args.train_samples, seed=args.seed, image_size=args.image_size, questions_per_scene=2)
+    test_set = make_synthetic_vqa(args.test_samples, seed=args.seed + 1000, image_size=args.image_size)
+    train_set.save_to_disk(str(out / "data" / "train"))
+    lap("synthetic data")
+
+    tokenizer = build_tokenizer(out / "language_model", grid_size=3)
+    build_language_model(out / "language_model", tokenizer)
+    warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
+    lap("vision tower warm-up")
+
+    checkpoint = out / "checkpoint"
+    model_args = DeltaLlavaModelArguments(
+        vision_tower=str(out / "vision_tower"),
+        language_model=str(out / "language_model"),
+        stage="finetune",
+        vision_feature_layer=-1,
+        num_visual_tokens=args.eval_budgets[0],
+        elastic_budgets=args.elastic_budgets,
+        projector_hidden_size=64,
+        projector_head_dim=16,
+        delta_rank=16,
+        ffn_hidden_size=256,
+        cache_vision_features=True,
+    )
+    data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
+    training_args = SFTConfig(
+        output_dir=str(checkpoint),
+        num_train_epochs=args.train_epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        logging_steps=25,
+        save_strategy="no",
+        report_to="none",
+        activation_checkpointing=False,
+        max_length=None,
+        use_cpu=True,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    trainer = train(model_args, data_args, training_args)
+    lap("Delta-LLaVA training")
+
+    model, processor = trainer.model, trainer.processing_class
+    results = {"majority": majority_baseline(test_set), "budgets": {}}
+    config = model.config
+    with cached_vision_tower(model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
+        for budget in args.eval_budgets:
+            results["budgets"][budget] = evaluate_budget(model, processor, test_set, budget)["scores"]
+    lap("evaluation")
+
+    print_accuracy_table(results)
+    plot_accuracy_by_budget(results, out / "accuracy_by_budget.png")
+
+    loaded_model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
+    loaded_processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    sample = test_set.select([0])
+    answer = generate_answers(loaded_model, loaded_processor, sample, num_visual_tokens=36)[0]
+    question = user_turn(sample[0]["messages"])[0]["content"][0]["text"]
+    print(f"\nLoaded {checkpoint} with trust_remote_code and asked at 36 tokens: {question!r}")
+    print(f"  answer: {answer!r} (reference: {sample[0]['answer']!r})")
+    lap("reload and answer")
+
+    summary = {
+        "arguments": asdict(args),
+        "timings_s": timings,
+        "total_s": round(time.time() - started, 1),
+        "warmup_final_loss": sum(warmup_losses[-20:]) / 20,
+        "train_loss": trainer.state.log_history[-1].get("train_loss"),
+        **results,
+        "example": {"question": question, "answer": answer, "reference": sample[0]["answer"]},
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nWrote {out / 'results.json'} and {out / 'accuracy_by_budget.png'} in {summary['total_s']:.0f} s.")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(QuickStartArguments).parse_args_into_dataclasses(args=argv)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

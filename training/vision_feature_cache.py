@@ -1,0 +1,48 @@
+"""Memoise a frozen vision tower's hidden states per image, so small data trained for many epochs runs the tower once."""
+
+import hashlib
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+
+def image_key(pixels: torch.Tensor) -> bytes:
+    """A content hash of one image's pixel values (3, H, W)."""
+    return hashlib.blake2b(pixels.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+
+
+@contextmanager
+def cached_vision_tower(tower: nn.Module, layers: list[int]):
+    """
+    Inside the block, `tower(pixel_values, output_hidden_states=True)` returns stored hidden states for images seen
+    before and runs the tower only on new ones. Only `layers` (hidden-state indices the projector reads) are kept;
+    the others are None. The tower must be frozen: its outputs are assumed not to change.
+    """
+    if any(p.requires_grad for p in tower.parameters()):
+        raise ValueError("cached_vision_tower needs a frozen tower (requires_grad False on every parameter).")
+    store: dict[bytes, list[torch.Tensor]] = {}
+    original_forward = tower.forward
+    depth = tower.config.num_hidden_layers + 1
+    kept = sorted({layer % depth for layer in layers})
+
+    def forward(pixel_values: torch.Tensor, output_hidden_states: bool = True, **kwargs):
+        keys = [image_key(image) for image in pixel_values]
+        missing = [i for i, key in enumerate(keys) if key not in store]
+        if missing:
+            with torch.no_grad():
+                states = original_forward(pixel_values[missing], output_hidden_states=True, **kwargs).hidden_states
+            for row, index in enumerate(missing):
+                store[keys[index]] = [states[layer][row] for layer in kept]
+        stacked = [torch.stack([store[key][slot] for key in keys]) for slot in range(len(kept))]
+        hidden_states = [None] * depth
+        for layer, tensor in zip(kept, stacked):
+            hidden_states[layer] = tensor
+        return SimpleNamespace(hidden_states=tuple(hidden_states))
+
+    tower.forward = forward
+    try:
+        yield store
+    finally:
+        del tower.forward  # back to the class's forward
