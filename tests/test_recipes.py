@@ -21,6 +21,8 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, patch_environment
 from accelerate.utils.launch import prepare_multi_gpu_env
 
+from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
+
 
 TRAINING_DIR = Path(str(files("delta_llava.training")))
 RECIPES = sorted((TRAINING_DIR / "recipes").glob("*.yaml"))
@@ -35,11 +37,9 @@ LANGUAGE_MODELS = {
 }
 
 # The training script's own arguments (model, stage, data); everything else must be an `SFTConfig` field.
-SCRIPT_ARGUMENTS = {
-    "vision_tower", "language_model", "llava_checkpoint", "model_name_or_path", "stage", "projector_type",
-    "num_visual_tokens", "elastic_budgets", "use_lora", "use_qlora", "lora_r", "lora_alpha", "lora_dropout",
-    "freeze_vision_tower", "dataset_path", "image_folder", "projector_learning_rate",
-}  # fmt: skip
+SCRIPT_ARGUMENTS = {f.name for f in dataclasses.fields(DeltaLlavaModelArguments)} | {
+    f.name for f in dataclasses.fields(DeltaLlavaDataArguments)
+}
 
 
 def load_recipe(path: Path) -> dict:

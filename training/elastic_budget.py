@@ -1,12 +1,23 @@
 """Elastic budgets: every batch draws its visual token budget, so one checkpoint learns to serve all of them."""
 
-import random
+import hashlib
+import json
 from collections.abc import Callable, Sequence
+
+
+def batch_budget(examples: list[dict], budgets: Sequence[int], seed: int) -> int:
+    """
+    A budget picked by a hash of the batch's conversations and the seed: uniform over `budgets` across batches, yet
+    a pure function of the batch, so a resumed run or another process draws exactly what an uninterrupted run did.
+    """
+    text = json.dumps([example.get("messages") for example in examples], sort_keys=True, default=str)
+    digest = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
+    return budgets[int.from_bytes(digest, "little") % len(budgets)]
 
 
 class ElasticBudgetCollator:
     """
-    Wraps TRL's vision collator: draws a budget per batch from `budgets`, has the processor expand the image
+    Wraps TRL's vision collator: picks a budget per batch from `budgets`, has the processor expand the image
     placeholders to it, and adds `num_visual_tokens` to the batch so the model projects to the same count.
     """
 
@@ -16,10 +27,10 @@ class ElasticBudgetCollator:
         self.collator = collator
         self.processor = processor
         self.budgets = list(budgets)
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def __call__(self, examples: list[dict]) -> dict:
-        budget = self.rng.choice(self.budgets)
+        budget = batch_budget(examples, self.budgets, self.seed)
         default = self.processor.num_visual_tokens
         self.processor.num_visual_tokens = budget
         try:

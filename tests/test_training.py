@@ -1,0 +1,138 @@
+"""Training with TRL's SFTTrainer: what each stage trains, LoRA, resume, elastic budgets and the saved checkpoint."""
+
+import pytest
+import torch
+
+from delta_llava.training.elastic_budget import batch_budget
+from delta_llava.training.model_builder import build_model_and_processor, count_parameters, set_trainable_parts
+from delta_llava.training.train import train
+from isolated_python import run_without_project
+from training_setup import data_arguments, model_arguments, sft_config, write_tiny_parts
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return write_tiny_parts(tmp_path_factory.mktemp("parts"))
+
+
+def numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "stage, freeze_tower, parts_that_train",
+    [
+        ("pretrain", True, ["multi_modal_projector"]),
+        ("finetune", True, ["multi_modal_projector", "language_model", "lm_head"]),
+        ("finetune", False, ["multi_modal_projector", "language_model", "lm_head", "vision_tower"]),
+    ],
+)
+def test_each_stage_trains_exactly_its_parts(parts, stage, freeze_tower, parts_that_train):
+    model, _ = build_model_and_processor(model_arguments(parts, stage=stage, freeze_vision_tower=freeze_tower))
+    set_trainable_parts(model, stage, freeze_tower)
+    modules = {
+        "multi_modal_projector": model.model.multi_modal_projector,
+        "language_model": model.model.language_model,
+        "lm_head": model.lm_head,
+        "vision_tower": model.model.vision_tower,
+    }
+    trainable, total = count_parameters(model)
+    assert trainable == sum(numel(modules[name]) for name in parts_that_train)
+    for name, module in modules.items():
+        assert all(p.requires_grad == (name in parts_that_train) for p in module.parameters()), name
+
+
+def test_tower_and_language_model_weights_come_from_their_folders(parts):
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    model, processor = build_model_and_processor(model_arguments(parts))
+    tower = CLIPVisionModel.from_pretrained(parts["vision_tower"])
+    language_model = LlamaForCausalLM.from_pretrained(parts["language_model"])
+    assert torch.equal(model.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"],
+                       tower.state_dict()["vision_model.embeddings.patch_embedding.weight"])
+    assert torch.equal(model.lm_head.weight, language_model.lm_head.weight)
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+
+
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_full_finetune_learns_and_saves_a_remote_code_checkpoint(parts, tmp_path):
+    trainer = train(model_arguments(parts), data_arguments(parts), sft_config(tmp_path / "run", max_steps=12))
+    history = losses(trainer)
+    assert len(history) == 12 and sum(history[-3:]) / 3 < sum(history[:3]) / 3
+    run_without_project(
+        f"""
+        import datasets
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        model = AutoModelForImageTextToText.from_pretrained("run", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained("run", trust_remote_code=True)
+        row = datasets.load_from_disk({parts["dataset_path"]!r})[0]
+        text = processor.apply_chat_template(row["messages"][:1], add_generation_prompt=True)
+        inputs = processor(images=row["images"], text=[text], return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=3)
+        assert out.shape[1] > inputs["input_ids"].shape[1]
+        """,
+        cwd=str(tmp_path),
+    )
+    from transformers import AutoModelForImageTextToText
+
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "run", trust_remote_code=True)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, reloaded.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_lora_takes_real_steps_and_lowers_the_loss(parts, tmp_path, merge):
+    args = model_arguments(parts, use_lora=True, lora_r=8, lora_alpha=16, merge_lora=merge)
+    trainer = train(args, data_arguments(parts), sft_config(tmp_path / "lora", max_steps=12, learning_rate=1e-2))
+    history = losses(trainer)
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means optimizer steps
+    saved = {p.name for p in (tmp_path / "lora").iterdir()}
+    if merge:
+        assert "model.safetensors" in saved and "modeling_delta_llava.py" in saved
+    else:
+        assert "adapter_model.safetensors" in saved
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path):
+    args = model_arguments(parts, elastic_budgets=[64, 16, 4, 1])
+    uninterrupted = train(args, data_arguments(parts), sft_config(tmp_path / "a", max_steps=6, save_strategy="no"))
+    first = train(args, data_arguments(parts), sft_config(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3))
+    resumed = train(
+        args,
+        data_arguments(parts),
+        sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3")),
+    )
+    assert resumed.state.global_step == 6
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], msg=name)
+    assert first.state.global_step == 6
+
+
+def test_elastic_budgets_are_a_function_of_the_batch():
+    batches = [[{"messages": [{"role": "user", "content": f"q{i}"}]}] for i in range(400)]
+    drawn = [batch_budget(batch, [64, 16, 4, 1], seed=0) for batch in batches]
+    assert drawn == [batch_budget(batch, [64, 16, 4, 1], seed=0) for batch in batches]
+    assert {budget: drawn.count(budget) for budget in (64, 16, 4, 1)} == pytest.approx(
+        {64: 100, 16: 100, 4: 100, 1: 100}, abs=35
+    )
+    assert drawn != [batch_budget(batch, [64, 16, 4, 1], seed=1) for batch in batches]
+
+
+def test_invalid_elastic_budget_fails_before_training(parts, tmp_path):
+    with pytest.raises(ValueError, match=r"elastic_budgets=36 is not possible.*Allowed values: \[64, 16, 4, 1\]"):
+        train(model_arguments(parts, elastic_budgets=[16, 36]), data_arguments(parts), sft_config(tmp_path / "x"))
+
+
+def test_argument_errors_name_the_fix(parts):
+    with pytest.raises(ValueError, match="Give exactly one model source"):
+        model_arguments(parts, model_name_or_path="some/checkpoint")
+    with pytest.raises(ValueError, match="--stage 'align' is unknown"):
+        model_arguments(parts, stage="align")
+    with pytest.raises(ValueError, match="--use_lora/--use_qlora apply to --stage finetune"):
+        model_arguments(parts, stage="pretrain", use_lora=True)
