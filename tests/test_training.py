@@ -48,8 +48,8 @@ def test_tower_and_language_model_weights_come_from_their_folders(parts):
     model, processor = build_model_and_processor(model_arguments(parts))
     tower = CLIPVisionModel.from_pretrained(parts["vision_tower"])
     language_model = LlamaForCausalLM.from_pretrained(parts["language_model"])
-    assert torch.equal(model.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"],
-                       tower.state_dict()["vision_model.embeddings.patch_embedding.weight"])
+    loaded_tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(loaded_tower[name], tensor) for name, tensor in tower.state_dict().items())
     assert torch.equal(model.lm_head.weight, language_model.lm_head.weight)
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
 
@@ -89,12 +89,18 @@ def test_lora_takes_real_steps_and_lowers_the_loss(parts, tmp_path, merge):
     trainer = train(args, data_arguments(parts), sft_config(tmp_path / "lora", max_steps=12, learning_rate=1e-2))
     history = losses(trainer)
     assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
-    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
-    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means optimizer steps
     saved = {p.name for p in (tmp_path / "lora").iterdir()}
-    if merge:
+    if merge:  # the saved full model carries the trained deltas inside the language model's weights
+        from transformers import AutoModelForImageTextToText, LlamaForCausalLM
+
         assert "model.safetensors" in saved and "modeling_delta_llava.py" in saved
-    else:
+        merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora", trust_remote_code=True)
+        base = LlamaForCausalLM.from_pretrained(parts["language_model"])
+        name = "layers.0.self_attn.q_proj.weight"
+        assert not torch.equal(merged.model.language_model.state_dict()[name], base.model.state_dict()[name])
+    else:  # B starts at zero: non-zero B means real optimizer steps
+        lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
         assert "adapter_model.safetensors" in saved
 
 
@@ -136,3 +142,34 @@ def test_argument_errors_name_the_fix(parts):
         model_arguments(parts, stage="align")
     with pytest.raises(ValueError, match="--use_lora/--use_qlora apply to --stage finetune"):
         model_arguments(parts, stage="pretrain", use_lora=True)
+
+
+def test_two_process_ddp_ends_with_the_same_weights_on_both_ranks(parts, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import set_seed
+
+    config = Path(__file__).resolve().parents[1] / "training" / "accelerate_configs" / "cpu_ddp_2proc.yaml"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    parts_dir = str(Path(parts["vision_tower"]).parent)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+        str(port), str(Path(__file__).parent / "ddp_train_script.py"), parts_dir, str(tmp_path),
+    ]  # fmt: skip
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert all(rank["num_processes"] == 2 and rank["backend"] == "gloo" for rank in ranks)
+    set_seed(0)  # what train() does before building, so this is the starting point of both ranks
+    initial, _ = build_model_and_processor(model_arguments(parts))
+    projector = "model.multi_modal_projector.output_map.weight"
+    assert not torch.equal(ranks[0]["weights"][projector], initial.state_dict()[projector])  # real steps were taken
+    for name, tensor in ranks[0]["weights"].items():
+        torch.testing.assert_close(tensor, ranks[1]["weights"][name], rtol=0, atol=0, msg=name)
