@@ -51,3 +51,11 @@ def write_results(name: str, payload: dict, command: str) -> Path:
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """Prints rows under headers in right-aligned columns (the first column left-aligned)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))

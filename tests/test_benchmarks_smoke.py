@@ -1,0 +1,153 @@
+"""The benchmark scripts' core functions on tiny configs: result structure and FLOP counts that behave."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import tiny_config, tiny_text_config, tiny_vision_config
+from delta_llava import DeltaLlavaForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import flops_real_size  # noqa: E402
+import speed_cpu  # noqa: E402
+from measure import count_flops  # noqa: E402
+
+SMALL_PROJECTOR = {"projector_hidden_size": 32, "projector_head_dim": 16, "delta_rank": 4, "ffn_hidden_size": 64}
+
+
+def tiny_for(projector_type: str, budget: int):
+    return tiny_config(projector_type=projector_type, num_visual_tokens=576 if projector_type == "mlp2x_gelu" else budget)
+
+
+@pytest.fixture(scope="module")
+def flop_rows():
+    return flops_real_size.measure_flops(
+        tiny_for, budgets=[16, 4], projector_types=["delta", "mlp2x_gelu", "avgpool"], text_tokens=8, new_tokens=4
+    )
+
+
+def test_flop_rows_have_every_component(flop_rows):
+    assert [(r["projector_type"], r["num_visual_tokens"]) for r in flop_rows] == [
+        ("delta", 16), ("delta", 4), ("mlp2x_gelu", 576), ("avgpool", 16), ("avgpool", 4)
+    ]
+    for row in flop_rows:
+        flops = row["flops"]
+        assert all(flops[name] > 0 for name in flops_real_size.COMPONENTS)
+        assert flops["total"] == sum(flops[name] for name in flops_real_size.COMPONENTS)
+        assert row["sequence_length"] == 8 + row["num_visual_tokens"]
+
+
+def test_prefill_falls_with_the_budget_and_vision_stays(flop_rows):
+    by_budget = sorted(flop_rows, key=lambda r: -r["num_visual_tokens"])
+    prefill = [r["flops"]["prefill"] for r in by_budget if r["projector_type"] != "avgpool"]
+    assert all(a > b for a, b in zip(prefill, prefill[1:]))  # 576 > 16 > 4
+    assert len({r["flops"]["vision"] for r in flop_rows}) == 1
+    assert flop_rows[0]["flops"]["decode"] > flop_rows[1]["flops"]["decode"]  # longer cache, more attention
+
+
+def test_mlp_projector_flops_are_two_matmuls_per_patch(flop_rows):
+    # Linear C->D then Linear D->D on each of the N = 576 patches; FlopCounterMode counts 2 FLOPs per multiply-add
+    # and nothing for the bias add or GELU, so the count is exactly 2 N (C D + D D).
+    config = tiny_for("mlp2x_gelu", 576)
+    n, c, d = 576, config.vision_config.hidden_size, config.text_config.hidden_size
+    mlp = next(r for r in flop_rows if r["projector_type"] == "mlp2x_gelu")
+    assert mlp["flops"]["projector"] == 2 * n * (c * d + d * d)
+    # avg-pool to g*g then the same MLP
+    pooled = next(r for r in flop_rows if r["projector_type"] == "avgpool" and r["num_visual_tokens"] == 16)
+    assert pooled["flops"]["projector"] == 2 * 16 * (c * d + d * d)
+
+
+def test_decode_shortcut_equals_every_step_counted_and_the_formula():
+    config = tiny_for("delta", 16)
+    with torch.device("meta"):
+        model = DeltaLlavaForConditionalGeneration(config)
+    length, steps = 24, 5
+    counted = flops_real_size.llm_flops(model, length, steps)
+    width = config.text_config.hidden_size
+    cache = DynamicCache(config=config.text_config)
+
+    def forward(embeddings):
+        hidden = model.model.language_model(inputs_embeds=embeddings, past_key_values=cache, use_cache=True)
+        model.lm_head(hidden.last_hidden_state[:, -1:])
+
+    with torch.device("meta"):
+        prefill = count_flops(forward, torch.empty(1, length, width))
+        decode = sum(count_flops(forward, torch.empty(1, 1, width)) for _ in range(steps))
+    assert (counted["prefill"], counted["decode"]) == (prefill, decode)
+    analytic = flops_real_size.analytic_llm_flops(config.text_config, length, steps, "flop_counter")
+    assert analytic == (prefill, decode)
+
+
+def test_convention_check_reports_each_convention():
+    text_config = tiny_config().text_config
+    check = flops_real_size.convention_check(text_config, 3, {})
+    assert {"flop_counter", "two_matrix_ffn", "macs"} <= set(check)
+    assert all(0 < check[c]["text_tokens"] <= 256 for c in ("flop_counter", "two_matrix_ffn", "macs"))
+
+
+def test_flops_plot_is_written(flop_rows, tmp_path):
+    flops_real_size.plot(flop_rows, tmp_path / "flops.png")
+    assert (tmp_path / "flops.png").stat().st_size > 0
+
+
+def test_round_robin_rotates_and_repeats():
+    order = []
+    tasks = {name: (lambda name=name: order.append(name) or {"x": 1}) for name in "abc"}
+    results = speed_cpu.round_robin(tasks, repeats=3, warmup=False)
+    assert order == list("abcbcacab")
+    assert all(len(results[name]["runs"]) == 3 for name in "abc")
+
+
+@pytest.fixture
+def one_thread():
+    """As the speed script does: on a shared 2-core machine one thread is many times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_speed_config(projector_type: str, **overrides):
+    return speed_cpu.speed_config(
+        projector_type, tiny_text_config(), tiny_vision_config(), **SMALL_PROJECTOR, **overrides
+    )
+
+
+def test_speed_sections_on_a_tiny_model(tmp_path, one_thread):
+    models = {kind: speed_cpu.build_model(small_speed_config(kind)).eval() for kind in ("mlp2x_gelu", "delta")}
+    inference = speed_cpu.measure_inference(models, [16, 4], text_tokens=6, new_tokens=3, repeats=1)
+    assert [(r["projector_type"], r["num_visual_tokens"]) for r in inference] == [
+        ("mlp2x_gelu", 576), ("delta", 16), ("delta", 4)
+    ]
+    one = {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert inference[0]["ttft_speedup"] == one and inference[0]["decode_speedup"] == one
+    for row in inference:
+        assert row["ttft_s"] > 0 and row["decode_tokens_per_s"] > 0 and len(row["runs"]) == 1
+        assert row["peak_extra_mib"] is None or row["peak_extra_mib"] >= 0
+
+    projectors = speed_cpu.measure_projectors(small_speed_config, [16], repeats=1, models=models)
+    assert [r["projector_type"] for r in projectors] == ["mlp2x_gelu", "delta", "tokenpacker", "avgpool"]
+    assert projectors[0]["time_vs_mlp_576"] == one and all(r["forward_s"] > 0 for r in projectors)
+
+    training = speed_cpu.measure_training(models, [4], [1, 2], text_tokens=6, batch_size=2, repeats=1)
+    assert [(r["stage"], r["num_visual_tokens"]) for r in training] == [(1, 576), (1, 4), (2, 576), (2, 4)]
+    assert all(r["samples_per_s"] > 0 and r["speedup"]["min"] > 0 for r in training)
+    assert training[0]["speedup"] == one
+    assert training[1]["paper_speedup"] == pytest.approx(5041 / 992)  # table 4 pretraining: 1:24:01 / 0:16:32
+
+    speed_cpu.print_report(inference, projectors, training)
+    speed_cpu.plot(inference, projectors, training, tmp_path / "speed.png")
+    assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_each_stage_trains_its_parts():
+    model = speed_cpu.build_model(small_speed_config("delta"))
+    projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
+    stage1 = speed_cpu.set_stage(model, 1)
+    assert {id(p) for p in stage1} == projector
+    stage2 = {id(p) for p in speed_cpu.set_stage(model, 2)}
+    assert projector < stage2
+    assert not any(id(p) in stage2 for p in model.model.vision_tower.parameters())
