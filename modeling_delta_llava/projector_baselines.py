@@ -25,7 +25,7 @@ class MlpProjector(nn.Module):
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """(B, K, C) -> (B, K, D): every token type goes through the same MLP."""
-        return self.linear_2(self.act(self.linear_1(tokens)))
+        return self.linear_2(self.act(self.linear_1(tokens.to(self.linear_1.weight.dtype))))
 
 
 class AvgPoolProjector(MlpProjector):
@@ -57,6 +57,8 @@ class TokenPackerProjector(nn.Module):
 
     def forward(self, patch_features: torch.Tensor, memory: torch.Tensor, query_side: int) -> torch.Tensor:
         """patch_features (B, G*G, C), memory (B, L, G*G, C) -> (B, g*g, D)."""
+        dtype = self.output_mlp[0].weight.dtype  # the tower may run in another dtype
+        patch_features, memory = patch_features.to(dtype), memory.to(dtype)
         queries = self.query_mlp(resize_tokens(patch_features, query_side))
         stacked = memory.permute(0, 2, 1, 3).flatten(2).unsqueeze(1)  # (B, 1, G*G, L*C)
         tokens = self.cross_attention(queries, self.key_mlp(stacked), self.value_mlp(stacked))
@@ -64,4 +66,4 @@ class TokenPackerProjector(nn.Module):
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """(B, K, C) -> (B, K, D) through the query and output MLPs."""
-        return self.output_mlp(self.query_mlp(tokens))
+        return self.output_mlp(self.query_mlp(tokens.to(self.output_mlp[0].weight.dtype)))

@@ -58,6 +58,8 @@ class DeltaProjector(nn.Module):
 
     def forward(self, patch_features: torch.Tensor, memory: torch.Tensor, query_side: int) -> torch.Tensor:
         """patch_features (B, G*G, C), memory (B, L, G*G, C) -> (B, query_side**2, D)."""
+        dtype = self.output_map.weight.dtype  # the tower may run in another dtype
+        patch_features, memory = patch_features.to(dtype), memory.to(dtype)
         queries = self.refine_conv(resize_tokens(patch_features, query_side))
         if self.refine_attention is not None:
             queries = self.refine_attention(queries)
@@ -82,6 +84,6 @@ class DeltaProjector(nn.Module):
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """Object or global tokens (B, K, C) -> (B, K, D) through their own Delta role, the output map and the FFN."""
-        (projected,) = self.delta_projection(tokens, [role])
+        (projected,) = self.delta_projection(tokens.to(self.output_map.weight.dtype), [role])
         return self.refinement(self.output_map(projected))
 

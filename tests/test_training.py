@@ -173,3 +173,20 @@ def test_two_process_ddp_ends_with_the_same_weights_on_both_ranks(parts, tmp_pat
     assert not torch.equal(ranks[0]["weights"][projector], initial.state_dict()[projector])  # real steps were taken
     for name, tensor in ranks[0]["weights"].items():
         torch.testing.assert_close(tensor, ranks[1]["weights"][name], rtol=0, atol=0, msg=name)
+
+
+def test_qlora_trains_adapters_on_a_4bit_language_model(parts, tmp_path):
+    from bitsandbytes.nn import Linear4bit
+
+    model, processor = build_model_and_processor(model_arguments(parts))
+    model.save_pretrained(tmp_path / "stage1")
+    processor.save_pretrained(tmp_path / "stage1")
+    args = model_arguments(parts, vision_tower=None, language_model=None, model_name_or_path=str(tmp_path / "stage1"),
+                           use_qlora=True, lora_r=8, lora_alpha=16)  # fmt: skip
+    trainer = train(args, data_arguments(parts), sft_config(tmp_path / "qlora", max_steps=12, learning_rate=1e-2))
+    history = losses(trainer)
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
+    base = trainer.model.get_base_model()
+    assert isinstance(base.model.language_model.layers[0].self_attn.q_proj.base_layer, Linear4bit)
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)

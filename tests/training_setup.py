@@ -75,6 +75,7 @@ def sft_config(output_dir: Path, **overrides) -> SFTConfig:
         "activation_checkpointing": False,
         "max_length": None,
         "use_cpu": True,
+        "bf16": False,
         "seed": 0,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,

@@ -33,6 +33,10 @@ class DeltaLlavaModelArguments:
     use_object_tokens: bool = field(default=False, metadata={"help": "Add Mask-LLaVA object tokens (needs masks)."})
     max_object_tokens: int = field(default=8, metadata={"help": "Object tokens kept per image."})
     use_global_token: bool = field(default=False, metadata={"help": "Add the CLS feature as a global token."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Weight dtype: float32 (mixed precision comes from --bf16), bfloat16 or float16 to save memory."},
+    )
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
     cache_vision_features: bool = field(
         default=False, metadata={"help": "Memoise the frozen tower's outputs per image (small data, many epochs)."}
@@ -58,6 +62,8 @@ class DeltaLlavaModelArguments:
             )
         if (self.use_lora or self.use_qlora) and self.stage != "finetune":
             raise ValueError("--use_lora/--use_qlora apply to --stage finetune; stage 1 trains only the projector.")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype {self.dtype!r} is unknown. Allowed values: ['float32', 'bfloat16', 'float16'].")
         if self.cache_vision_features and not self.freeze_vision_tower:
             raise ValueError("--cache_vision_features needs --freeze_vision_tower true: a training tower changes.")
 

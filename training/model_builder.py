@@ -92,8 +92,9 @@ def build_from_towers(args: DeltaLlavaModelArguments, dtype: torch.dtype):
     return model, processor
 
 
-def build_model_and_processor(args: DeltaLlavaModelArguments, dtype: torch.dtype = torch.float32):
-    """(model, processor) from one of the three sources in `args`."""
+def build_model_and_processor(args: DeltaLlavaModelArguments, compute_dtype: torch.dtype = torch.float32):
+    """(model, processor) from one of the three sources in `args`, weights in `args.dtype`."""
+    dtype = getattr(torch, args.dtype)
     if args.use_qlora:
         if not args.model_name_or_path:
             raise ValueError(
@@ -104,8 +105,8 @@ def build_model_and_processor(args: DeltaLlavaModelArguments, dtype: torch.dtype
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
-            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
         )
         model = DeltaLlavaForConditionalGeneration.from_pretrained(
             args.model_name_or_path, quantization_config=quantization, dtype=dtype

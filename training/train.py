@@ -46,7 +46,8 @@ def load_training_data(data_args: DeltaLlavaDataArguments) -> datasets.Dataset:
     return dataset
 
 
-def training_dtype(args: SFTConfig) -> torch.dtype:
+def compute_dtype(args: SFTConfig) -> torch.dtype:
+    """The dtype mixed precision computes in (QLoRA's 4-bit layers compute in it too)."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
@@ -56,10 +57,11 @@ def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArgumen
     training_args.assistant_only_loss = True  # loss on the assistant's tokens only, as LLaVA trains
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {"skip_prepare_dataset": True}
-    model, processor = build_model_and_processor(model_args, training_dtype(training_args))
-    set_trainable_parts(model, model_args.stage, model_args.freeze_vision_tower)
+    model, processor = build_model_and_processor(model_args, compute_dtype(training_args))
     if model_args.use_lora or model_args.use_qlora:
-        model = wrap_with_lora(model, model_args)
+        model = wrap_with_lora(model, model_args)  # adapters + the projector train, the rest is frozen
+    else:
+        set_trainable_parts(model, model_args.stage, model_args.freeze_vision_tower)
     trainable, total = count_parameters(model)
     logger.info("stage %s: %d of %d parameters train", model_args.stage, trainable, total)
 
