@@ -50,6 +50,7 @@ setup(
         "console_scripts": [
             "delta-llava-train=delta_llava.training.train:main",
             "delta-llava-quickstart=delta_llava.training.quickstart:main",
+            "delta-llava-export=delta_llava.hub_cards.export:main",
         ]
     },
 )

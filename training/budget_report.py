@@ -49,3 +49,16 @@ def plot_accuracy_by_budget(results: dict, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def learning_verdict(results: dict, margin: float = 0.20) -> dict:
+    """Per budget: overall accuracy minus the majority level, the types at or below their majority level, and
+    whether the quick start's bar is met (overall at least `margin` above majority, every type above its majority)."""
+    majority = results["majority"]
+    verdict = {}
+    for budget, scores in results["budgets"].items():
+        gain = scores["overall"]["accuracy"] - majority["overall"]["accuracy"]
+        lagging = [n for n in question_types(results) if scores[n]["accuracy"] <= majority[n]["accuracy"]]
+        verdict[budget] = {"gain_over_majority": round(gain, 4), "types_not_above_majority": lagging,
+                           "meets_bar": gain >= margin and not lagging}  # fmt: skip
+    return verdict

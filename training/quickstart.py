@@ -29,7 +29,7 @@ from transformers import (
 from trl import SFTConfig
 
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
-from .budget_report import plot_accuracy_by_budget, print_accuracy_table
+from .budget_report import learning_verdict, plot_accuracy_by_budget, print_accuracy_table
 from .evaluate_vqa import evaluate_budget, generate_answers, user_turn
 from .local_tokenizer import build_word_level_tokenizer
 from .synthetic_vqa import CELL_LABEL_NAMES, make_synthetic_vqa, word_vocabulary
@@ -42,16 +42,16 @@ from .vqa_metrics import majority_baseline
 @dataclass
 class QuickStartArguments:
     output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where data, models and results go."})
-    train_samples: int = field(default=6000, metadata={"help": "Synthetic training questions."})
-    test_samples: int = field(default=600, metadata={"help": "Synthetic test questions (another seed)."})
+    train_samples: int = field(default=18000, metadata={"help": "Synthetic training questions (two per scene)."})
+    test_samples: int = field(default=1200, metadata={"help": "Synthetic test questions (another seed)."})
     image_size: int = field(default=96, metadata={"help": "Image side in pixels."})
     patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
     warmup_steps: int = field(default=300, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
-    train_epochs: float = field(default=4.0, metadata={"help": "Epochs of Delta-LLaVA training."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
+    train_steps: int = field(default=3000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
-    elastic_budgets: list[int] = field(default_factory=lambda: [144, 36, 16, 9, 4, 1])
-    eval_budgets: list[int] = field(default_factory=lambda: [144, 36, 9, 4, 1])
+    elastic_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
+    eval_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
     seed: int = field(default=0)
 
 
@@ -139,7 +139,7 @@ def run(args: QuickStartArguments) -> dict:
     data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
     training_args = SFTConfig(
         output_dir=str(checkpoint),
-        num_train_epochs=args.train_epochs,
+        max_steps=args.train_steps,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         lr_scheduler_type="cosine",
@@ -168,6 +168,13 @@ def run(args: QuickStartArguments) -> dict:
 
     print_accuracy_table(results)
     plot_accuracy_by_budget(results, out / "accuracy_by_budget.png")
+    results["verdict"] = learning_verdict(results)
+    for budget, verdict in results["verdict"].items():
+        lagging = ", ".join(verdict["types_not_above_majority"]) or "none"
+        print(
+            f"{budget:>4} tokens: {verdict['gain_over_majority']:+.3f} over the majority answer; types not above their "
+            f"majority level: {lagging}; bar (+0.20, every type above) {'met' if verdict['meets_bar'] else 'NOT met'}"
+        )
 
     loaded_model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
     loaded_processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
