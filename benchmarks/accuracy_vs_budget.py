@@ -1,0 +1,756 @@
+"""Accuracy vs visual token budget on the synthetic VQA test split (the paper's figure 4), every row trained alike.
+
+    python benchmarks/accuracy_vs_budget.py     # default table: 39 training runs of 600 steps, 46 evaluations;
+                                                # about 80-100 min at ~9 steps/s (budget 9, batch 32, 2 quiet cores)
+    python benchmarks/accuracy_vs_budget.py --rows delta mlp --budgets 36 4 --seeds 0 \
+        --train_samples 200 --test_samples 60 --max_steps 20 --warmup_steps 20 --results_name accuracy_smoke
+
+The shared parts are built once, as in the quick start (`delta_llava.training.quickstart`): the synthetic train and
+test sets (fixed data seed), the word-level tokenizer, the small CLIP-style tower warmed up on per-cell labels and
+then frozen, and the random 2-layer Llama, saved to disk. Every training run starts from those same saved weights,
+trains its own projector + LLM through `delta_llava.training.train.train` (TRL's SFTTrainer) with the frozen
+tower's features cached, for the same `--max_steps`, batch, learning rate and schedule; only the training seed
+(projector initialisation, data order, elastic draws) changes between seeds. Rows (`--rows`):
+
+- delta: the Delta projector, one checkpoint per budget in `--budgets` (default 144 36 16 4 1, the issue's list,
+  keeping the budgets the patch grid allows: g*g with g dividing the grid; the 12x12 grid of the default
+  96 px / 8 px patches allows 144 36 16 9 4 1, so 144 is its full grid and 64 is impossible; a 24x24 grid, e.g.
+  `--image_size 192 --patch_size 8`, allows 576 144 64 36 16 9 4 1);
+- mlp: LLaVA-1.5's MLP at the full grid (144 on 12x12, 576 on 24x24);
+- tokenpacker, avgpool: the baselines at the same budgets as delta;
+- ablations: the paper's three (no EMHSA, no DeltaProjection, no transformer block) at `--ablation_budget`
+  (default: the largest allowed budget below the full grid: 36 on 12x12, 144 on 24x24); the delta row at that
+  budget is the full model;
+- elastic: one Delta checkpoint trained with `elastic_budgets` = the delta budgets, evaluated at each of them;
+- objects: Mask-LLaVA object tokens on a Delta checkpoint at `--object_budget`. The synthetic set has no masks, so
+  they are built from the scene layout: each non-empty grid cell's box is one object mask, objects ordered by their
+  drawn (non-background) pixel count, largest first (ties: reading order), then the background (the empty cells).
+  Trained with every mask kept, then evaluated keeping k = all, half, a quarter and none of them.
+
+Seeds (`--seeds`) apply to the row groups in `--seeded_rows` (default delta mlp ablations, whose differences are the
+small ones); the other groups run with the first seed. Every row records its wall time (its checkpoint's training
+plus its own evaluation), the accuracy per question type beside the majority-answer level of the test split, and
+whether it learned: overall accuracy above the overall majority level + `--learned_margin`.
+
+Object masks and TRL: TRL's `DataCollatorForVisionLanguageModeling` renders each batch through
+`processor.apply_chat_template` with processor kwargs it builds itself and never reads extra dataset columns, so an
+`object_masks` column does not reach the processor. `ObjectMaskCollator` below adds the batch's stacks to those
+kwargs, and `object_masks_in_training` makes `train()` wrap its collator with it; at test time `MaskedProcessor`
+adds each image's stack to the processor call that `evaluate_budget` makes.
+
+Writes benchmarks/results/<results_name>.json and .png (default accuracy_vs_budget), prints the table, and after the
+first training run prints an estimate of the whole run's wall time.
+"""
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import importlib
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # per-batch progress bars of 30+ runs; one line per run is printed instead
+
+import datasets  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from trl import SFTConfig  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import measure  # noqa: E402
+from delta_llava.configuration_delta_llava import allowed_visual_token_counts  # noqa: E402
+from delta_llava.processing.object_mask_inputs import append_background_mask, compact_mask_stack  # noqa: E402
+from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
+from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
+from delta_llava.training.quickstart import (  # noqa: E402
+    QuickStartArguments,
+    build_language_model,
+    build_tokenizer,
+    build_vision_tower,
+)
+from delta_llava.training.synthetic_vqa import BACKGROUND, make_synthetic_vqa, question_text, split_words  # noqa: E402
+from delta_llava.training.vision_feature_cache import cached_vision_tower  # noqa: E402
+from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
+
+train_module = importlib.import_module("delta_llava.training.train")
+
+ROW_GROUPS = ("delta", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
+ISSUE_BUDGETS = [144, 36, 16, 4, 1]
+SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
+# The quick start's projector sizes (training/quickstart.py `run`), for every row.
+SMALL_PROJECTOR = {"projector_hidden_size": 64, "projector_head_dim": 16, "delta_rank": 16, "ffn_hidden_size": 256}
+ABLATIONS = {
+    "no EMHSA": {"use_emhsa": False},
+    "no DeltaProjection": {"use_delta_projection": False},
+    "no transformer block": {"use_transformer_block": False},
+}
+PROJECTOR_TYPES = {"delta": "delta", "mlp": "mlp2x_gelu", "tokenpacker": "tokenpacker", "avgpool": "avgpool"}
+TEMPLATE_TOKENS = 6  # BOS, "USER:", ":" ..., "ASSISTANT:", EOS around question and answer (for the time estimate)
+
+
+# ----------------------------------------------------------------------------------------------- object masks
+
+
+def cell_box(index: int, grid_size: int, image_size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel box of cell `index` (row-major), on the edges `render_scene` draws with."""
+    edges = [round(step * image_size / grid_size) for step in range(grid_size + 1)]
+    row, column = divmod(index, grid_size)
+    return edges[column], edges[row], edges[column + 1], edges[row + 1]
+
+
+def scene_mask_stack(cell_labels: list[int], image) -> torch.Tensor:
+    """One scene's full-size mask stack (K + 1, H, W), bool: the K non-empty cells' boxes, then the background.
+
+    Objects are ordered by their drawn pixel count (pixels differing from the background colour inside the cell),
+    largest first, ties in reading order; the background mask is the empty cells (`append_background_mask`).
+    """
+    grid_size = math.isqrt(len(cell_labels))
+    if grid_size * grid_size != len(cell_labels):
+        raise ValueError(f"cell_labels has {len(cell_labels)} entries, not a square grid.")
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    if height != width:
+        raise ValueError(f"synthetic scenes are square; got an image of {width}x{height}.")
+    drawn = np.any(pixels != np.array(BACKGROUND, dtype=pixels.dtype), axis=-1)
+    objects = []
+    for index, label in enumerate(cell_labels):
+        if label == 0:  # CELL_LABEL_NAMES[0] == "empty"
+            continue
+        left, top, right, bottom = cell_box(index, grid_size, width)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[top:bottom, left:right] = True
+        objects.append((-int(drawn[top:bottom, left:right].sum()), index, mask))
+    objects.sort(key=lambda item: item[:2])
+    stack = np.stack([mask for *_, mask in objects]) if objects else np.zeros((0, height, width), dtype=bool)
+    return append_background_mask(torch.from_numpy(stack))
+
+
+def with_object_masks(dataset: datasets.Dataset, mask_size: int) -> datasets.Dataset:
+    """The dataset plus an `object_masks` column: each row's stack in the compact uint8 form (K + 1, S, S)."""
+    stacks = [
+        compact_mask_stack(scene_mask_stack(labels, images[0]), mask_size).tolist()
+        for images, labels in zip(dataset["images"], dataset["cell_labels"])
+    ]
+    feature = datasets.List(datasets.List(datasets.List(datasets.Value("uint8"))))
+    return dataset.add_column("object_masks", stacks, feature=feature)
+
+
+class ObjectMaskCollator:
+    """Forwards each example's `object_masks` through TRL's vision collator (which drops extra columns).
+
+    TRL calls `processor.apply_chat_template(..., processor_kwargs={...})` once per batch; for that call this wrapper
+    shadows the method on the processor instance with one that adds `object_masks` (one stack per image, nested per
+    sample like the images) to the processor kwargs.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.processor = collator.processor
+
+    def __call__(self, examples: list[dict]) -> dict:
+        masks = [[np.asarray(example["object_masks"], dtype=np.uint8)] for example in examples]
+        render = self.processor.apply_chat_template
+
+        def render_with_masks(*args, processor_kwargs=None, **kwargs):
+            return render(*args, processor_kwargs={**(processor_kwargs or {}), "object_masks": masks}, **kwargs)
+
+        self.processor.apply_chat_template = render_with_masks
+        try:
+            return self.collator(examples)
+        finally:
+            del self.processor.apply_chat_template  # back to the class's method
+
+
+@contextlib.contextmanager
+def object_masks_in_training():
+    """Inside the block, `train()` wraps TRL's collator with `ObjectMaskCollator`."""
+    original = train_module.DataCollatorForVisionLanguageModeling
+    train_module.DataCollatorForVisionLanguageModeling = lambda *args, **kwargs: ObjectMaskCollator(
+        original(*args, **kwargs)
+    )
+    try:
+        yield
+    finally:
+        train_module.DataCollatorForVisionLanguageModeling = original
+
+
+def image_key(image) -> bytes:
+    return hashlib.blake2b(image.tobytes() + repr(image.size).encode(), digest_size=16).digest()
+
+
+class MaskedProcessor:
+    """The processor, with each image's mask stack (found by its pixels) and `max_object_tokens` added to every call.
+
+    `evaluate_budget` calls `processor(images=..., text=...)` without masks; everything else is the processor's own.
+    """
+
+    def __init__(self, processor, masks_by_image: dict[bytes, np.ndarray], max_object_tokens: int):
+        self._processor = processor
+        self._masks = masks_by_image
+        self._max_object_tokens = max_object_tokens
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+    def __call__(self, images=None, **kwargs):
+        masks = [[self._masks[image_key(image)] for image in group] for group in images]
+        return self._processor(
+            images=images, object_masks=masks, max_object_tokens=self._max_object_tokens, **kwargs
+        )
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Evaluation:
+    label: str  # the row's series name, e.g. "delta", "elastic", "no EMHSA", "objects"
+    budget: int
+    max_object_tokens: int | None = None
+    k_name: str | None = None  # all / half / quarter / none for object-token rows
+
+
+@dataclass
+class Job:
+    """One training run (one checkpoint) and the evaluations made with it."""
+
+    group: str
+    name: str
+    projector_type: str
+    budget: int
+    seed: int
+    evaluations: list[Evaluation]
+    overrides: dict = field(default_factory=dict)
+    elastic_budgets: list[int] | None = None
+    use_object_tokens: bool = False
+    max_object_tokens: int | None = None
+
+
+def grid_budgets(args) -> dict:
+    """The patch grid and which budgets it allows; the delta, ablation and object budgets."""
+    if args.image_size % args.patch_size:
+        raise ValueError(f"--image_size {args.image_size} is not a multiple of --patch_size {args.patch_size}.")
+    grid = args.image_size // args.patch_size
+    allowed = allowed_visual_token_counts(grid)
+    requested = args.budgets or ISSUE_BUDGETS
+    budgets = [b for b in requested if b in allowed]
+    dropped = [b for b in requested if b not in allowed]
+    if args.budgets and dropped:
+        raise ValueError(f"--budgets {dropped} are impossible on the {grid}x{grid} patch grid; allowed: {allowed}.")
+    if not budgets:
+        raise ValueError(f"none of the budgets {requested} fits the {grid}x{grid} patch grid; allowed: {allowed}.")
+    below_full = [b for b in allowed if b < grid * grid]
+    ablation_budget = args.ablation_budget or (below_full[0] if below_full else grid * grid)
+    object_budget = args.object_budget or min((b for b in budgets if b > 1), default=budgets[-1])
+    for name, value in (("--ablation_budget", ablation_budget), ("--object_budget", object_budget)):
+        if value not in allowed:
+            raise ValueError(f"{name} {value} is impossible on the {grid}x{grid} patch grid; allowed: {allowed}.")
+    return {
+        "patch_grid": grid,
+        "allowed_budgets": allowed,
+        "budgets": budgets,
+        "dropped_budgets": dropped,
+        "full_grid": grid * grid,
+        "ablation_budget": ablation_budget,
+        "object_budget": object_budget,
+    }
+
+
+def object_token_counts(max_masks: int) -> dict[str, int]:
+    """k for all / half / a quarter / none of the masks, as counts of the largest stack (ceil, so half of 5 is 3)."""
+    return {"all": max_masks, "half": math.ceil(max_masks / 2), "quarter": math.ceil(max_masks / 4), "none": 0}
+
+
+def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
+    """Every training run in order; the first is the delta row at the largest budget (the time estimate's base)."""
+    jobs = []
+    budgets = grid["budgets"]
+
+    def seeds_for(group: str) -> list[int]:
+        return args.seeds if group in args.seeded_rows else args.seeds[:1]
+
+    for group in [g for g in ROW_GROUPS if g in args.rows]:
+        for seed in seeds_for(group):
+            if group in ("delta", "tokenpacker", "avgpool"):
+                for budget in budgets:
+                    jobs.append(
+                        Job(group, f"{group}_b{budget}_s{seed}", PROJECTOR_TYPES[group], budget, seed,
+                            [Evaluation(group, budget)])
+                    )
+            elif group == "mlp":
+                budget = grid["full_grid"]
+                jobs.append(
+                    Job(group, f"mlp_b{budget}_s{seed}", "mlp2x_gelu", budget, seed, [Evaluation("mlp", budget)])
+                )
+            elif group == "ablations":
+                budget = grid["ablation_budget"]
+                for label, overrides in ABLATIONS.items():
+                    slug = label.replace(" ", "_")
+                    jobs.append(
+                        Job(group, f"{slug}_b{budget}_s{seed}", "delta", budget, seed, [Evaluation(label, budget)],
+                            overrides=overrides)
+                    )
+            elif group == "elastic":
+                jobs.append(
+                    Job(group, f"elastic_s{seed}", "delta", max(budgets), seed,
+                        [Evaluation("elastic", budget) for budget in budgets], elastic_budgets=list(budgets))
+                )
+            elif group == "objects":
+                budget = grid["object_budget"]
+                counts = object_token_counts(max_masks)
+                evaluations = [Evaluation("objects", budget, k, name) for name, k in counts.items()]
+                jobs.append(
+                    Job(group, f"objects_b{budget}_s{seed}", "delta", budget, seed, evaluations,
+                        use_object_tokens=True, max_object_tokens=max_masks)
+                )
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------- shared parts
+
+
+def build_shared(args, grid: dict, work: Path) -> dict:
+    """Data, tokenizer, warmed-up tower and random LM, built once; every job starts from these saved folders."""
+    started = time.time()
+    timings = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.time() - started - sum(timings.values()), 1)
+        print(f"[{time.time() - started:6.0f}s] {name} done", flush=True)
+
+    train_set = make_synthetic_vqa(
+        args.train_samples, seed=args.data_seed, image_size=args.image_size, questions_per_scene=2
+    )
+    test_set = make_synthetic_vqa(args.test_samples, seed=args.data_seed + 1000, image_size=args.image_size)
+    train_set.save_to_disk(str(work / "data" / "train"))
+    lap("synthetic data")
+
+    max_masks = 0
+    if "objects" in args.rows:
+        mask_size = grid["patch_grid"]  # the model pools masks onto the patch grid; the processor resizes them
+        train_objects = with_object_masks(train_set, mask_size)
+        train_objects.save_to_disk(str(work / "data" / "train_objects"))
+        test_set = with_object_masks(test_set, mask_size)
+        max_masks = max(len(stack) for stack in [*train_objects["object_masks"], *test_set["object_masks"]])
+        lap("object masks")
+
+    tokenizer = build_tokenizer(work / "language_model", grid_size=SCENE_GRID)
+    build_language_model(work / "language_model", tokenizer)
+    tower_args = QuickStartArguments(
+        output_dir=str(work),
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        warmup_steps=args.warmup_steps,
+        seed=args.data_seed,
+    )
+    warmup_losses = build_vision_tower(work / "vision_tower", tower_args, train_set)
+    lap("vision tower warm-up")
+    tail = warmup_losses[-20:]
+    text_tokens = statistics.fmean(
+        len(split_words(question_text(messages))) + len(split_words(answer)) + TEMPLATE_TOKENS
+        for messages, answer in zip(train_set["messages"], train_set["answer"])
+    )
+    return {
+        "work": work,
+        "test_set": test_set,
+        "max_masks": max_masks,
+        "majority": majority_baseline(test_set),
+        "timings_s": timings,
+        "warmup_final_loss": sum(tail) / max(len(tail), 1),
+        "mean_text_tokens": text_tokens,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- one job
+
+
+def model_arguments(job: Job, work: Path) -> DeltaLlavaModelArguments:
+    settings = {
+        "vision_tower": str(work / "vision_tower"),
+        "language_model": str(work / "language_model"),
+        "stage": "finetune",
+        "projector_type": job.projector_type,
+        "vision_feature_layer": -1,
+        "num_visual_tokens": job.budget,
+        "elastic_budgets": job.elastic_budgets,
+        "cache_vision_features": True,
+        "use_object_tokens": job.use_object_tokens,
+        **SMALL_PROJECTOR,
+        **job.overrides,
+    }
+    if job.max_object_tokens is not None:
+        settings["max_object_tokens"] = job.max_object_tokens
+    return DeltaLlavaModelArguments(**settings)
+
+
+def training_config(args, job: Job, work: Path) -> SFTConfig:
+    """The quick start's SFTConfig with a fixed number of steps; only the seed differs between rows."""
+    return SFTConfig(
+        output_dir=str(work / "checkpoints" / job.name),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        logging_steps=max(1, args.max_steps // 5),
+        disable_tqdm=True,
+        save_strategy="no",
+        report_to="none",
+        activation_checkpointing=False,
+        max_length=None,
+        use_cpu=True,
+        bf16=False,
+        seed=job.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
+    """Trains one checkpoint and evaluates it; returns its record and one row per evaluation."""
+    work = shared["work"]
+    data = work / "data" / ("train_objects" if job.use_object_tokens else "train")
+    started = time.time()
+    masks_forwarded = object_masks_in_training() if job.use_object_tokens else contextlib.nullcontext()
+    with masks_forwarded:
+        data_args = DeltaLlavaDataArguments(dataset_path=str(data))
+        trainer = train_module.train(model_arguments(job, work), data_args, training_config(args, job, work))
+    train_s = time.time() - started
+    model, processor = trainer.model, trainer.processing_class
+    config = model.config
+    checkpoint = {
+        "name": job.name,
+        "group": job.group,
+        "projector_type": job.projector_type,
+        "train_budget": job.budget,
+        "elastic_budgets": job.elastic_budgets,
+        "seed": job.seed,
+        "settings": job.overrides,
+        "use_object_tokens": job.use_object_tokens,
+        "max_steps": trainer.state.global_step,
+        "train_s": round(train_s, 1),
+        "steps_per_s": round(trainer.state.global_step / train_s, 2),
+        "train_loss": trainer.state.log_history[-1].get("train_loss"),
+        "path": str(Path(trainer.args.output_dir)),
+    }
+    test_set, majority = shared["test_set"], shared["majority"]
+    masks_by_image = {}
+    if job.use_object_tokens:
+        masks_by_image = {
+            image_key(images[0]): np.asarray(stack, dtype=np.uint8)
+            for images, stack in zip(test_set["images"], test_set["object_masks"])
+        }
+    rows = []
+    with cached_vision_tower(model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
+        for evaluation in job.evaluations:
+            eval_started = time.time()
+            tokens, object_tokens = evaluation.budget, None
+            if evaluation.max_object_tokens is not None:
+                default = config.max_object_tokens
+                config.max_object_tokens = evaluation.max_object_tokens  # the model reads it when generate gets none
+                try:
+                    masked = MaskedProcessor(processor, masks_by_image, evaluation.max_object_tokens)
+                    scores = evaluate_budget(model, masked, test_set, evaluation.budget, args.eval_batch_size)["scores"]
+                finally:
+                    config.max_object_tokens = default
+                object_tokens = statistics.fmean(
+                    min(len(stack), evaluation.max_object_tokens) for stack in test_set["object_masks"]
+                )
+                tokens = evaluation.budget + object_tokens
+            else:
+                scores = evaluate_budget(model, processor, test_set, evaluation.budget, args.eval_batch_size)["scores"]
+            eval_s = time.time() - eval_started
+            overall = scores["overall"]["accuracy"]
+            level = majority["overall"]["accuracy"]
+            rows.append(
+                {
+                    "checkpoint": job.name,
+                    "group": job.group,
+                    "label": evaluation.label,
+                    "projector_type": job.projector_type,
+                    "budget": evaluation.budget,
+                    "max_object_tokens": evaluation.max_object_tokens,
+                    "object_tokens_kept": evaluation.k_name,
+                    "mean_object_tokens": object_tokens,
+                    "tokens": tokens,
+                    "seed": job.seed,
+                    "train_s": round(train_s, 1),
+                    "train_shared_by_rows": len(job.evaluations),
+                    "eval_s": round(eval_s, 1),
+                    "wall_s": round(train_s + eval_s, 1),
+                    "accuracy": {name: score["accuracy"] for name, score in scores.items()},
+                    "majority": {name: score["accuracy"] for name, score in majority.items()},
+                    "learned": overall > level + args.learned_margin,
+                    "scores": scores,
+                }
+            )
+    del trainer, model
+    gc.collect()
+    return checkpoint, rows
+
+
+# ----------------------------------------------------------------------------------------------- estimate
+
+
+def job_tokens(job: Job, max_masks: int) -> float:
+    budget = statistics.fmean(job.elastic_budgets) if job.elastic_budgets else job.budget
+    return budget + (max_masks if job.use_object_tokens else 0)
+
+
+def estimate_run(jobs: list[Job], first: dict, first_rows: list[dict], shared: dict) -> dict:
+    """The whole run's wall time from the first job: a range between two cost models.
+
+    `proportional`: training and evaluation time scale with the sequence length (text + visual tokens) relative
+    to the first job; `flat`: every job costs what the first did per training run and per evaluation. Small
+    budgets carry a fixed per-step overhead (collation, image processing, optimizer), so the truth lies between.
+    """
+    text = shared["mean_text_tokens"]
+    base_tokens = job_tokens(jobs[0], shared["max_masks"]) + text
+    eval_s = statistics.fmean(row["eval_s"] for row in first_rows)
+    proportional = flat = 0.0
+    for job in jobs:
+        scale = (job_tokens(job, shared["max_masks"]) + text) / base_tokens
+        job_s = first["train_s"] + eval_s * len(job.evaluations)
+        proportional += scale * job_s
+        flat += job_s
+    setup_s = sum(shared["timings_s"].values())
+    low, high = sorted([proportional, flat])
+    return {
+        "training_runs": len(jobs),
+        "evaluations": sum(len(job.evaluations) for job in jobs),
+        "first_job": first["name"],
+        "first_job_train_s": first["train_s"],
+        "first_job_eval_s": round(eval_s, 1),
+        "setup_s": round(setup_s, 1),
+        "total_low_s": round(setup_s + low),
+        "total_high_s": round(setup_s + high),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def summarise(rows: list[dict], majority: dict) -> list[dict]:
+    """Mean and spread over seeds of every (group, label, budget, k) series point, per question type."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["group"], row["label"], row["budget"], row["max_object_tokens"])
+        groups.setdefault(key, []).append(row)
+    summary = []
+    for (group, label, budget, k), members in groups.items():
+        per_type = {}
+        for name in members[0]["accuracy"]:
+            values = [member["accuracy"][name] for member in members]
+            per_type[name] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+            }
+        summary.append(
+            {
+                "group": group,
+                "label": label,
+                "budget": budget,
+                "max_object_tokens": k,
+                "object_tokens_kept": members[0]["object_tokens_kept"],
+                "tokens": statistics.fmean(member["tokens"] for member in members),
+                "seeds": [member["seed"] for member in members],
+                "accuracy": per_type,
+                "majority": {name: score["accuracy"] for name, score in majority.items()},
+                "all_learned": all(member["learned"] for member in members),
+                "mean_wall_s": round(statistics.fmean(member["wall_s"] for member in members), 1),
+            }
+        )
+    return summary
+
+
+def print_summary(summary: list[dict], majority: dict) -> None:
+    types = [name for name in majority if name != "overall"]
+    headers = ["row", "tokens", "seeds", "overall", "±std", *types, "learned", "wall s"]
+    table = []
+    for entry in summary:
+        name = entry["label"] + (f" k={entry['object_tokens_kept']}" if entry["object_tokens_kept"] else "")
+        overall = entry["accuracy"]["overall"]
+        table.append(
+            [
+                name,
+                f"{entry['tokens']:.4g}",
+                len(entry["seeds"]),
+                f"{overall['mean']:.3f}",
+                f"{overall['std']:.3f}",
+                *(f"{entry['accuracy'][t]['mean']:.3f}" for t in types),
+                "yes" if entry["all_learned"] else "NO",
+                entry["mean_wall_s"],
+            ]
+        )
+    table.append(
+        ["majority answer", "-", "-", f"{majority['overall']['accuracy']:.3f}", "-",
+         *(f"{majority[t]['accuracy']:.3f}" for t in types), "-", "-"]
+    )
+    measure.print_table(headers, table)
+
+
+SERIES_STYLE = {
+    "delta": {"color": "C0", "marker": "o", "linestyle": "-"},
+    "tokenpacker": {"color": "C1", "marker": "s", "linestyle": "-"},
+    "avgpool": {"color": "C2", "marker": "^", "linestyle": "-"},
+    "elastic": {"color": "C0", "marker": "o", "linestyle": "--", "markerfacecolor": "white"},
+    "mlp": {"color": "C3", "marker": "*", "linestyle": "none", "markersize": 12},
+    "objects": {"color": "C4", "marker": "D", "linestyle": ":"},
+    "no EMHSA": {"color": "C5", "marker": "v", "linestyle": "none"},
+    "no DeltaProjection": {"color": "C6", "marker": "<", "linestyle": "none"},
+    "no transformer block": {"color": "C7", "marker": ">", "linestyle": "none"},
+}
+
+
+def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
+    """Overall accuracy vs tokens per image (log x), one line per projector type, elastic dashed, seed std bars."""
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for label, style in SERIES_STYLE.items():
+        points = sorted((e for e in summary if e["label"] == label), key=lambda e: e["tokens"])
+        if not points:
+            continue
+        name = f"{label} (k = all ... none, x = {points[0]['budget']} + object tokens)" if label == "objects" else label
+        axis.errorbar(
+            [e["tokens"] for e in points],
+            [e["accuracy"]["overall"]["mean"] for e in points],
+            yerr=[e["accuracy"]["overall"]["std"] for e in points],
+            capsize=3,
+            label=name,
+            **style,
+        )
+    axis.axhline(majority["overall"]["accuracy"], color="grey", linestyle=":", label="majority answer")
+    ticks = sorted({*grid["allowed_budgets"]})
+    axis.set_xscale("log")
+    axis.set_xticks(ticks, [str(t) for t in ticks])
+    axis.set_xlabel(f"visual tokens per image ({grid['patch_grid']}x{grid['patch_grid']} patch grid)")
+    axis.set_ylabel("overall accuracy, synthetic test split")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_arguments(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS))
+    parser.add_argument("--budgets", type=int, nargs="+", default=None,
+                        help=f"Delta/TokenPacker/avg-pool budgets (default {ISSUE_BUDGETS}, those the grid allows)")
+    parser.add_argument("--ablation_budget", type=int, default=None, help="default: largest budget below the full grid")
+    parser.add_argument("--object_budget", type=int, default=None, help="default: smallest budget above 1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeded_rows", nargs="*", choices=ROW_GROUPS, default=["delta", "mlp", "ablations"],
+                        help="row groups run with every seed; the others run with the first seed only")
+    parser.add_argument("--train_samples", type=int, default=6000)
+    parser.add_argument("--test_samples", type=int, default=600)
+    parser.add_argument("--max_steps", type=int, default=600, help="training steps of every row")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--warmup_steps", type=int, default=300, help="vision tower warm-up steps (per-cell labels)")
+    parser.add_argument("--image_size", type=int, default=96)
+    parser.add_argument("--patch_size", type=int, default=8, help="96 / 8 = a 12x12 grid; 192 / 8 = 24x24 (576)")
+    parser.add_argument("--data_seed", type=int, default=0, help="synthetic data and tower warm-up (same every row)")
+    parser.add_argument("--eval_batch_size", type=int, default=32)
+    parser.add_argument("--learned_margin", type=float, default=0.05,
+                        help="a row learned when its overall accuracy exceeds the majority level by this much")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--output_dir", default="outputs/accuracy_vs_budget", help="data, shared parts, checkpoints")
+    parser.add_argument("--results_name", default="accuracy_vs_budget",
+                        help="benchmarks/results/<name>.json and .png; change it for shrunk runs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    command = "python benchmarks/accuracy_vs_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+    started = time.time()
+    grid = grid_budgets(args)
+    print(
+        f"{grid['patch_grid']}x{grid['patch_grid']} patch grid: budgets {grid['budgets']} (allowed "
+        f"{grid['allowed_budgets']}{'; dropped ' + str(grid['dropped_budgets']) if grid['dropped_budgets'] else ''}), "
+        f"MLP at {grid['full_grid']}, ablations at {grid['ablation_budget']}, object tokens at {grid['object_budget']}",
+        flush=True,
+    )
+    work = Path(args.output_dir)
+    shared = build_shared(args, grid, work)
+    jobs = plan_jobs(args, grid, shared["max_masks"])
+    print(f"{len(jobs)} training runs, {sum(len(j.evaluations) for j in jobs)} evaluations", flush=True)
+
+    checkpoints, rows, estimate = [], [], None
+    for index, job in enumerate(jobs):
+        checkpoint, job_rows = run_job(args, job, shared)
+        checkpoints.append(checkpoint)
+        rows += job_rows
+        accuracy = ", ".join(
+            f"{row['label']}@{row['budget']}"
+            + ("" if row["max_object_tokens"] is None else f" k={row['max_object_tokens']}")
+            + f" {row['accuracy']['overall']:.3f}"
+            + ("" if row["learned"] else " (not learned)")
+            for row in job_rows
+        )
+        print(
+            f"[{time.time() - started:6.0f}s] {index + 1}/{len(jobs)} {job.name}: train {checkpoint['train_s']:.0f} s "
+            f"({checkpoint['steps_per_s']} steps/s), {accuracy}",
+            flush=True,
+        )
+        if index == 0:
+            estimate = estimate_run(jobs, checkpoint, job_rows, shared)
+            print(
+                f"Estimated wall time of this run: {estimate['total_low_s'] / 60:.0f}-"
+                f"{estimate['total_high_s'] / 60:.0f} min for {estimate['training_runs']} training runs and "
+                f"{estimate['evaluations']} evaluations, from {job.name} ({checkpoint['train_s']:.0f} s training, "
+                f"{estimate['first_job_eval_s']:.0f} s per evaluation); the range lies between time proportional to "
+                "the sequence length and every run as slow as the first",
+                flush=True,
+            )
+
+    summary = summarise(rows, shared["majority"])
+    print()
+    print_summary(summary, shared["majority"])
+    not_learned = sorted({row["checkpoint"] for row in rows if not row["learned"]})
+    if not_learned:
+        print(f"\nNot above majority + {args.learned_margin}: {', '.join(not_learned)}")
+    total_s = round(time.time() - started, 1)
+    payload = {
+        "settings": {**vars(args), **grid, "max_object_masks": shared["max_masks"],
+                     "object_token_counts": object_token_counts(shared["max_masks"]) if shared["max_masks"] else None},
+        "setup_s": shared["timings_s"],
+        "warmup_final_loss": shared["warmup_final_loss"],
+        "estimate": estimate,
+        "total_s": total_s,
+        "majority": shared["majority"],
+        "checkpoints": checkpoints,
+        "rows": rows,
+        "summary": summary,
+    }
+    path = measure.write_results(args.results_name, payload, command)
+    plot_path = path.with_suffix(".png")
+    plot(summary, shared["majority"], grid, plot_path)
+    print(f"\nWrote {path} and {plot_path} in {total_s / 60:.1f} min.")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""benchmarks/accuracy_vs_budget.py: masks built from the scene layout, masks reaching the processor, a tiny run."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPImageProcessor
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from delta_llava.processing import DeltaLlavaProcessor
+from delta_llava.training.evaluate_vqa import user_turn
+from delta_llava.training.local_tokenizer import build_word_level_tokenizer
+from delta_llava.training.synthetic_vqa import (
+    PrintedWord,
+    Scene,
+    ShapeObject,
+    make_synthetic_vqa,
+    render_scene,
+    word_vocabulary,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy_vs_budget as benchmark  # noqa: E402
+import measure  # noqa: E402
+
+IMAGE_SIZE = 32  # a 3x3 scene grid on 32 px: cell edges at 0, 11, 21, 32
+
+
+def hand_made_scene():
+    """Middle-right: a large red square; top-left: a small blue circle; bottom-center: the word "cat"."""
+    cells = [None] * 9
+    cells[5] = ShapeObject("red", "square", "large", (0.0, 0.0))
+    cells[0] = ShapeObject("blue", "circle", "small", (0.0, 0.0))
+    cells[7] = PrintedWord("cat")
+    scene = Scene(3, tuple(cells))
+    return scene, render_scene(scene, IMAGE_SIZE)
+
+
+def test_cell_boxes_match_the_rendered_grid():
+    assert benchmark.cell_box(5, 3, IMAGE_SIZE) == (21, 11, 32, 21)  # (left, top, right, bottom)
+    assert benchmark.cell_box(0, 3, IMAGE_SIZE) == (0, 0, 11, 11)
+    assert benchmark.cell_box(4, 3, 96) == (32, 32, 64, 64)
+
+
+def test_mask_stack_is_the_cells_boxes_largest_first_then_background():
+    scene, image = hand_made_scene()
+    stack = benchmark.scene_mask_stack(scene.cell_labels(), image)
+    assert stack.dtype == torch.bool and stack.shape == (4, IMAGE_SIZE, IMAGE_SIZE)
+
+    large_square = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+    large_square[11:21, 21:32] = True  # rows 11..20, columns 21..31: exactly the middle-right cell
+    assert torch.equal(stack[0], large_square)
+    drawn = torch.from_numpy(np.any(np.asarray(image) != 255, axis=-1))
+    assert drawn[11:21, 21:32].any()
+
+    areas = [int(drawn[m].sum()) for m in stack[:3]]
+    assert areas == sorted(areas, reverse=True)  # objects by drawn pixel count, largest first
+    cells_in_order = [next(i for i in range(9) if torch.equal(m, cell_mask(i))) for m in stack[:3]]
+    assert cells_in_order[0] == 5 and set(cells_in_order) == {0, 5, 7}
+    assert torch.equal(stack[3], ~stack[:3].any(dim=0))  # background last: the empty cells
+    assert stack[3].sum() == IMAGE_SIZE**2 - sum(int(cell_mask(i).sum()) for i in (0, 5, 7))
+
+
+def cell_mask(index: int) -> torch.Tensor:
+    left, top, right, bottom = benchmark.cell_box(index, 3, IMAGE_SIZE)
+    mask = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def test_object_masks_column_and_forwarding_to_the_processor():
+    dataset = benchmark.with_object_masks(make_synthetic_vqa(4, seed=0, image_size=IMAGE_SIZE), mask_size=8)
+    stacks = [np.asarray(stack) for stack in dataset["object_masks"]]
+    assert all(s.dtype != object and s.ndim == 3 and s.shape[1:] == (8, 8) for s in stacks)
+    counts = [int((np.asarray(labels) > 0).sum()) + 1 for labels in dataset["cell_labels"]]
+    assert [len(s) for s in stacks] == counts  # one mask per non-empty cell + the background
+
+    tokenizer = build_word_level_tokenizer(word_vocabulary(3))
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = DeltaLlavaProcessor(
+        image_processor, tokenizer, num_visual_tokens=4, use_object_tokens=True, max_object_tokens=8, mask_size=8
+    )
+    image_id = processor.image_token_id
+
+    # training: TRL's collator alone drops the column; the wrapper forwards it
+    trl_collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    plain = trl_collator([dict(row) for row in dataset])
+    assert "object_masks" not in plain and (plain["input_ids"] == image_id).sum(dim=1).tolist() == [4] * 4
+    batch = benchmark.ObjectMaskCollator(trl_collator)([dict(row) for row in dataset])
+    assert batch["object_masks"].shape == (4, max(counts), 8, 8)
+    assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [4 + count for count in counts]
+    assert "apply_chat_template" not in vars(processor)  # the shadowing method is gone again
+    with benchmark.object_masks_in_training():  # what train() builds inside the block
+        collator = benchmark.train_module.DataCollatorForVisionLanguageModeling(processor)
+        assert isinstance(collator, benchmark.ObjectMaskCollator)
+    assert benchmark.train_module.DataCollatorForVisionLanguageModeling is DataCollatorForVisionLanguageModeling
+
+    # evaluation: masks found by the image's pixels, k object tokens at most
+    masks = {benchmark.image_key(row["images"][0]): s for row, s in zip(dataset, stacks)}
+    masked = benchmark.MaskedProcessor(processor, masks, max_object_tokens=2)
+    rows = dataset[:]  # a batch as evaluate_budget slices it: one list of images per sample
+    prompts = [processor.apply_chat_template(user_turn(m), add_generation_prompt=True) for m in rows["messages"]]
+    inputs = masked(images=rows["images"], text=prompts, num_visual_tokens=4, padding=True, return_tensors="pt")
+    assert (inputs["input_ids"] == image_id).sum(dim=1).tolist() == [4 + min(count, 2) for count in counts]
+    assert masked.image_token_id == image_id  # everything else is the processor's
+
+
+def test_object_token_counts():
+    assert benchmark.object_token_counts(6) == {"all": 6, "half": 3, "quarter": 2, "none": 0}
+    assert benchmark.object_token_counts(5) == {"all": 5, "half": 3, "quarter": 2, "none": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accuracy_vs_budget")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(measure, "RESULTS_DIR", root / "results")
+    try:
+        payload = benchmark.main(
+            [
+                "--rows", "delta", "objects",
+                "--budgets", "4",
+                "--seeds", "0",
+                "--train_samples", "40",
+                "--test_samples", "12",
+                "--max_steps", "3",
+                "--batch_size", "4",
+                "--warmup_steps", "2",
+                "--image_size", "32",
+                "--patch_size", "4",
+                "--output_dir", str(root / "work"),
+                "--results_name", "tiny",
+            ]
+        )
+    finally:
+        patch.undo()
+    return root, payload
+
+
+def test_tiny_run_writes_the_json_and_plot(tiny_run):
+    root, payload = tiny_run
+    path = root / "results" / "tiny.json"
+    assert json.loads(path.read_text())["rows"] == json.loads(json.dumps(payload["rows"]))
+    assert (root / "results" / "tiny.png").stat().st_size > 0
+    record = json.loads(path.read_text())
+    for key in ("command", "machine", "settings", "estimate", "majority", "checkpoints", "rows", "summary", "total_s"):
+        assert key in record
+    settings = record["settings"]
+    assert settings["patch_grid"] == 8 and settings["allowed_budgets"] == [64, 16, 4, 1]
+    assert settings["budgets"] == [4] and settings["object_budget"] == 4
+
+
+def test_tiny_run_rows(tiny_run):
+    _, payload = tiny_run
+    rows = payload["rows"]
+    assert [c["name"] for c in payload["checkpoints"]] == ["delta_b4_s0", "objects_b4_s0"]
+    assert all(c["max_steps"] == 3 for c in payload["checkpoints"])
+    types = {"attribute", "position", "count", "existence", "text", "caption", "overall"}
+    for row in rows:
+        assert set(row["accuracy"]) == types and set(row["majority"]) == types
+        assert all(0 <= value <= 1 for value in [*row["accuracy"].values(), *row["majority"].values()])
+        assert isinstance(row["learned"], bool)
+        assert row["learned"] == (row["accuracy"]["overall"] > row["majority"]["overall"] + 0.05)
+        assert row["wall_s"] >= row["train_s"] > 0 and row["eval_s"] > 0
+    delta, *objects = rows
+    assert (delta["label"], delta["budget"], delta["max_object_tokens"]) == ("delta", 4, None)
+    max_masks = payload["settings"]["max_object_masks"]
+    kept = [max_masks, math.ceil(max_masks / 2), math.ceil(max_masks / 4), 0]
+    assert [r["max_object_tokens"] for r in objects] == kept
+    assert [r["object_tokens_kept"] for r in objects] == ["all", "half", "quarter", "none"]
+    assert objects[-1]["tokens"] == 4 and objects[0]["tokens"] > objects[1]["tokens"] > 4
+    assert {r["checkpoint"] for r in objects} == {"objects_b4_s0"}
+    summary = payload["summary"]
+    assert len(summary) == 5 and all(entry["accuracy"]["overall"]["std"] == 0.0 for entry in summary)
+    assert payload["estimate"]["training_runs"] == 2 and payload["estimate"]["evaluations"] == 5
