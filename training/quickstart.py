@@ -4,8 +4,8 @@
 
 Everything is built here, small and local: the synthetic train/test sets, a word-level tokenizer, a small CLIP-style
 vision tower (warmed up on per-cell labels, then frozen and its features memoised), a small Llama. Training goes
-through the same entry point as the real recipes (`delta_llava.training.train`, TRL's SFTTrainer), with elastic
-budgets so one checkpoint serves every budget. Then: evaluation at several budgets beside the chance and majority
+through the same entry point as the real recipes (`delta_llava.training.train`, TRL's SFTTrainer) at one budget
+(`--elastic_budgets` trains one checkpoint over several instead). Then: evaluation at several budgets beside the chance and majority
 levels, the checkpoint saved with its remote code, and one question answered by the checkpoint loaded back through
 `AutoModelForImageTextToText` / `AutoProcessor` with `trust_remote_code=True`.
 """
@@ -50,7 +50,10 @@ class QuickStartArguments:
     train_steps: int = field(default=3000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
-    elastic_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
+    train_budget: int = field(default=9, metadata={"help": "Budget trained at (9 = one token per scene cell)."})
+    elastic_budgets: list[int] = field(
+        default_factory=list, metadata={"help": "Train over these budgets instead (one checkpoint, every budget)."}
+    )
     eval_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
     seed: int = field(default=0)
 
@@ -128,8 +131,8 @@ def run(args: QuickStartArguments) -> dict:
         language_model=str(out / "language_model"),
         stage="finetune",
         vision_feature_layer=-1,
-        num_visual_tokens=args.eval_budgets[0],
-        elastic_budgets=args.elastic_budgets,
+        num_visual_tokens=args.train_budget,
+        elastic_budgets=args.elastic_budgets or None,
         projector_hidden_size=64,
         projector_head_dim=16,
         delta_rank=16,
