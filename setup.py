@@ -39,6 +39,7 @@ setup(
         "pillow",
         "numpy",
         "pyyaml",
+        "jinja2",
         "tqdm",
         "matplotlib",
     ],
