@@ -47,7 +47,7 @@ class QuickStartArguments:
     image_size: int = field(default=96, metadata={"help": "Image side in pixels."})
     patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
     warmup_steps: int = field(default=300, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
-    train_steps: int = field(default=3000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
+    train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     train_budget: int = field(default=9, metadata={"help": "Budget trained at (9 = one token per scene cell)."})
@@ -182,9 +182,9 @@ def run(args: QuickStartArguments) -> dict:
     loaded_model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
     loaded_processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
     sample = test_set.select([0])
-    answer = generate_answers(loaded_model, loaded_processor, sample, num_visual_tokens=36)[0]
+    answer = generate_answers(loaded_model, loaded_processor, sample, num_visual_tokens=args.train_budget)[0]
     question = user_turn(sample[0]["messages"])[0]["content"][0]["text"]
-    print(f"\nLoaded {checkpoint} with trust_remote_code and asked at 36 tokens: {question!r}")
+    print(f"\nLoaded {checkpoint} with trust_remote_code and asked at {args.train_budget} tokens: {question!r}")
     print(f"  answer: {answer!r} (reference: {sample[0]['answer']!r})")
     lap("reload and answer")
 
