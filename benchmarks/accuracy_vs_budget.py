@@ -74,10 +74,12 @@ from delta_llava.processing.object_mask_inputs import append_background_mask, co
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
 from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
 from delta_llava.training.quickstart import (  # noqa: E402
+    SMALL_PROJECTOR,
     QuickStartArguments,
     build_language_model,
     build_tokenizer,
     build_vision_tower,
+    small_training_config,
 )
 from delta_llava.training.synthetic_vqa import BACKGROUND, make_synthetic_vqa, question_text, split_words  # noqa: E402
 from delta_llava.training.vision_feature_cache import cached_vision_tower  # noqa: E402
@@ -88,8 +90,6 @@ train_module = importlib.import_module("delta_llava.training.train")
 ROW_GROUPS = ("delta", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
 SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
-# The quick start's projector sizes (training/quickstart.py `run`), for every row.
-SMALL_PROJECTOR = {"projector_hidden_size": 64, "projector_head_dim": 16, "delta_rank": 16, "ffn_hidden_size": 256}
 ABLATIONS = {
     "no EMHSA": {"use_emhsa": False},
     "no DeltaProjection": {"use_delta_projection": False},
@@ -396,25 +396,10 @@ def model_arguments(job: Job, work: Path) -> DeltaLlavaModelArguments:
 
 def training_config(args, job: Job, work: Path) -> SFTConfig:
     """The quick start's SFTConfig with a fixed number of steps; only the seed differs between rows."""
-    return SFTConfig(
-        output_dir=str(work / "checkpoints" / job.name),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        weight_decay=0.0,
-        logging_steps=max(1, args.max_steps // 5),
-        disable_tqdm=True,
-        save_strategy="no",
-        report_to="none",
-        activation_checkpointing=False,
-        max_length=None,
-        use_cpu=True,
-        bf16=False,
-        seed=job.seed,
-        dataloader_num_workers=0,
-    )
+    return small_training_config(
+        str(work / "checkpoints" / job.name), args.max_steps, args.batch_size, args.learning_rate, job.seed,
+        logging_steps=max(1, args.max_steps // 5), disable_tqdm=True,
+    )  # fmt: skip
 
 
 def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:

@@ -39,6 +39,35 @@ from .vision_warmup import warm_up_vision_tower
 from .vqa_metrics import majority_baseline
 
 
+SMALL_PROJECTOR = {"projector_hidden_size": 64, "projector_head_dim": 16, "delta_rank": 16, "ffn_hidden_size": 256}
+
+
+def small_training_config(
+    output_dir: str, max_steps: int, batch_size: int, learning_rate: float, seed: int, **overrides
+) -> SFTConfig:
+    """The quick start's CPU training settings: fixed steps, cosine schedule, fp32, no checkpoints or reporting."""
+    settings = {
+        "output_dir": output_dir,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "weight_decay": 0.0,
+        "logging_steps": 25,
+        "save_strategy": "no",
+        "report_to": "none",
+        "activation_checkpointing": False,
+        "max_length": None,
+        "use_cpu": True,
+        "bf16": False,  # SFTConfig defaults to bf16; on this CPU fp32 is faster (see the planning note)
+        "seed": seed,
+        "dataloader_num_workers": 0,
+    }
+    settings.update(overrides)
+    return SFTConfig(**settings)
+
+
 @dataclass
 class QuickStartArguments:
     output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where data, models and results go."})
@@ -133,30 +162,12 @@ def run(args: QuickStartArguments) -> dict:
         vision_feature_layer=-1,
         num_visual_tokens=args.train_budget,
         elastic_budgets=args.elastic_budgets or None,
-        projector_hidden_size=64,
-        projector_head_dim=16,
-        delta_rank=16,
-        ffn_hidden_size=256,
         cache_vision_features=True,
+        **SMALL_PROJECTOR,
     )
     data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
-    training_args = SFTConfig(
-        output_dir=str(checkpoint),
-        max_steps=args.train_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        weight_decay=0.0,
-        logging_steps=25,
-        save_strategy="no",
-        report_to="none",
-        activation_checkpointing=False,
-        max_length=None,
-        use_cpu=True,
-        bf16=False,  # SFTConfig defaults to bf16; on this CPU fp32 is faster (see the planning note)
-        seed=args.seed,
-        dataloader_num_workers=0,
+    training_args = small_training_config(
+        str(checkpoint), args.train_steps, args.batch_size, args.learning_rate, args.seed
     )
     trainer = train(model_args, data_args, training_args)
     lap("Delta-LLaVA training")
