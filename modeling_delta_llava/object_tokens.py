@@ -1,5 +1,7 @@
 """Mask-LLaVA object tokens: mask-weighted pooling of patch features, norm scaling, and the k-first reduction."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +27,7 @@ def pool_mask_features(patch_features: torch.Tensor, object_masks: torch.Tensor)
     Mask-weighted average of patch features: patch_features (I, G*G, C), object_masks (I, K, H, W) -> (I, K, C).
     Each mask is area-resampled to the G x G patch grid, so a mask covering part of a patch weighs it by that part.
     """
-    grid = int(patch_features.shape[1] ** 0.5)
+    grid = math.isqrt(patch_features.shape[1])
     weights = F.adaptive_avg_pool2d(object_masks.to(patch_features.dtype), grid).flatten(2)  # (I, K, G*G)
     totals = weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     return torch.bmm(weights, patch_features) / totals

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_config
 from delta_llava import DeltaLlavaForConditionalGeneration
