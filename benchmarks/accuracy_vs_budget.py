@@ -32,21 +32,16 @@ small ones); the other groups run with the first seed. Every row records its wal
 plus its own evaluation), the accuracy per question type beside the majority-answer level of the test split, and
 whether it learned: overall accuracy above the overall majority level + `--learned_margin`.
 
-Object masks and TRL: TRL's `DataCollatorForVisionLanguageModeling` renders each batch through
-`processor.apply_chat_template` with processor kwargs it builds itself and never reads extra dataset columns, so an
-`object_masks` column does not reach the processor. `ObjectMaskCollator` below adds the batch's stacks to those
-kwargs, and `object_masks_in_training` makes `train()` wrap its collator with it; at test time `MaskedProcessor`
-adds each image's stack to the processor call that `evaluate_budget` makes.
+Object masks reach training and evaluation as the library passes them: an `object_masks` column (per row, one
+stack per image) that `ObjectMaskCollator` (inside `train()`) and `evaluate_budget` hand to the processor.
 
-Writes benchmarks/results/<results_name>.json and .png (default accuracy_vs_budget), prints the table, and after the
+Writes benchmarks/results/<results_name>.json and .png (default accuracy_vs_budget) after every training run, so a run
+cut short keeps its rows (`training_runs_done` says how far it got), prints the table at the end, and after the
 first training run prints an estimate of the whole run's wall time.
 """
 
 import argparse
-import contextlib
 import gc
-import hashlib
-import importlib
 import math
 import os
 import statistics
@@ -71,6 +66,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import measure  # noqa: E402
 from delta_llava.configuration_delta_llava import allowed_visual_token_counts  # noqa: E402
 from delta_llava.processing.object_mask_inputs import append_background_mask, compact_mask_stack  # noqa: E402
+from delta_llava.processing.precompute_object_masks import OBJECT_MASKS_COLUMN  # noqa: E402
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
 from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
 from delta_llava.training.quickstart import (  # noqa: E402
@@ -82,10 +78,9 @@ from delta_llava.training.quickstart import (  # noqa: E402
     small_training_config,
 )
 from delta_llava.training.synthetic_vqa import BACKGROUND, make_synthetic_vqa, question_text, split_words  # noqa: E402
+from delta_llava.training.train import train  # noqa: E402
 from delta_llava.training.vision_feature_cache import cached_vision_tower  # noqa: E402
 from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
-
-train_module = importlib.import_module("delta_llava.training.train")
 
 ROW_GROUPS = ("delta", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
@@ -137,77 +132,16 @@ def scene_mask_stack(cell_labels: list[int], image) -> torch.Tensor:
 
 
 def with_object_masks(dataset: datasets.Dataset, mask_size: int) -> datasets.Dataset:
-    """The dataset plus an `object_masks` column: each row's stack in the compact uint8 form (K + 1, S, S)."""
-    stacks = [
-        compact_mask_stack(scene_mask_stack(labels, images[0]), mask_size).tolist()
-        for images, labels in zip(dataset["images"], dataset["cell_labels"])
-    ]
-    feature = datasets.List(datasets.List(datasets.List(datasets.Value("uint8"))))
-    return dataset.add_column("object_masks", stacks, feature=feature)
+    """The dataset plus an `object_masks` column as `precompute_object_masks` writes it: per row, a list with the
+    image's stack in the compact uint8 form (K + 1, S, S)."""
+    features = dataset.features.copy()
+    features[OBJECT_MASKS_COLUMN] = datasets.List(datasets.Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
 
+    def add_masks(row: dict) -> dict:
+        stack = compact_mask_stack(scene_mask_stack(row["cell_labels"], row["images"][0]), mask_size)
+        return {OBJECT_MASKS_COLUMN: [np.asarray(stack)]}
 
-class ObjectMaskCollator:
-    """Forwards each example's `object_masks` through TRL's vision collator (which drops extra columns).
-
-    TRL calls `processor.apply_chat_template(..., processor_kwargs={...})` once per batch; for that call this wrapper
-    shadows the method on the processor instance with one that adds `object_masks` (one stack per image, nested per
-    sample like the images) to the processor kwargs.
-    """
-
-    def __init__(self, collator):
-        self.collator = collator
-        self.processor = collator.processor
-
-    def __call__(self, examples: list[dict]) -> dict:
-        masks = [[np.asarray(example["object_masks"], dtype=np.uint8)] for example in examples]
-        render = self.processor.apply_chat_template
-
-        def render_with_masks(*args, processor_kwargs=None, **kwargs):
-            return render(*args, processor_kwargs={**(processor_kwargs or {}), "object_masks": masks}, **kwargs)
-
-        self.processor.apply_chat_template = render_with_masks
-        try:
-            return self.collator(examples)
-        finally:
-            del self.processor.apply_chat_template  # back to the class's method
-
-
-@contextlib.contextmanager
-def object_masks_in_training():
-    """Inside the block, `train()` wraps TRL's collator with `ObjectMaskCollator`."""
-    original = train_module.DataCollatorForVisionLanguageModeling
-    train_module.DataCollatorForVisionLanguageModeling = lambda *args, **kwargs: ObjectMaskCollator(
-        original(*args, **kwargs)
-    )
-    try:
-        yield
-    finally:
-        train_module.DataCollatorForVisionLanguageModeling = original
-
-
-def image_key(image) -> bytes:
-    return hashlib.blake2b(image.tobytes() + repr(image.size).encode(), digest_size=16).digest()
-
-
-class MaskedProcessor:
-    """The processor, with each image's mask stack (found by its pixels) and `max_object_tokens` added to every call.
-
-    `evaluate_budget` calls `processor(images=..., text=...)` without masks; everything else is the processor's own.
-    """
-
-    def __init__(self, processor, masks_by_image: dict[bytes, np.ndarray], max_object_tokens: int):
-        self._processor = processor
-        self._masks = masks_by_image
-        self._max_object_tokens = max_object_tokens
-
-    def __getattr__(self, name):
-        return getattr(self._processor, name)
-
-    def __call__(self, images=None, **kwargs):
-        masks = [[self._masks[image_key(image)] for image in group] for group in images]
-        return self._processor(
-            images=images, object_masks=masks, max_object_tokens=self._max_object_tokens, **kwargs
-        )
+    return dataset.map(add_masks, features=features, desc="object masks from the scene layout")
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -273,14 +207,14 @@ def object_token_counts(max_masks: int) -> dict[str, int]:
 
 
 def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
-    """Every training run in order; the first is the delta row at the largest budget (the time estimate's base)."""
+    """Every training run, row groups in the order of `--rows`; the first run is the time estimate's base."""
     jobs = []
     budgets = grid["budgets"]
 
     def seeds_for(group: str) -> list[int]:
         return args.seeds if group in args.seeded_rows else args.seeds[:1]
 
-    for group in [g for g in ROW_GROUPS if g in args.rows]:
+    for group in dict.fromkeys(args.rows):  # in the order given, so a cut-short run has the rows asked first
         for seed in seeds_for(group):
             if group in ("delta", "tokenpacker", "avgpool"):
                 for budget in budgets:
@@ -336,13 +270,14 @@ def build_shared(args, grid: dict, work: Path) -> dict:
     train_set.save_to_disk(str(work / "data" / "train"))
     lap("synthetic data")
 
-    max_masks = 0
+    max_masks, object_test_set = 0, None
     if "objects" in args.rows:
         mask_size = grid["patch_grid"]  # the model pools masks onto the patch grid; the processor resizes them
         train_objects = with_object_masks(train_set, mask_size)
         train_objects.save_to_disk(str(work / "data" / "train_objects"))
-        test_set = with_object_masks(test_set, mask_size)
-        max_masks = max(len(stack) for stack in [*train_objects["object_masks"], *test_set["object_masks"]])
+        object_test_set = with_object_masks(test_set, mask_size)
+        stacks = [*train_objects["object_masks"], *object_test_set["object_masks"]]
+        max_masks = max(len(image_stacks[0]) for image_stacks in stacks)
         lap("object masks")
 
     tokenizer = build_tokenizer(work / "language_model", grid_size=SCENE_GRID)
@@ -364,6 +299,7 @@ def build_shared(args, grid: dict, work: Path) -> dict:
     return {
         "work": work,
         "test_set": test_set,
+        "object_test_set": object_test_set,
         "max_masks": max_masks,
         "majority": majority_baseline(test_set),
         "timings_s": timings,
@@ -407,10 +343,8 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
     work = shared["work"]
     data = work / "data" / ("train_objects" if job.use_object_tokens else "train")
     started = time.time()
-    masks_forwarded = object_masks_in_training() if job.use_object_tokens else contextlib.nullcontext()
-    with masks_forwarded:
-        data_args = DeltaLlavaDataArguments(dataset_path=str(data))
-        trainer = train_module.train(model_arguments(job, work), data_args, training_config(args, job, work))
+    data_args = DeltaLlavaDataArguments(dataset_path=str(data))
+    trainer = train(model_arguments(job, work), data_args, training_config(args, job, work))
     train_s = time.time() - started
     model, processor = trainer.model, trainer.processing_class
     config = model.config
@@ -429,32 +363,21 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
         "path": str(Path(trainer.args.output_dir)),
     }
-    test_set, majority = shared["test_set"], shared["majority"]
-    masks_by_image = {}
-    if job.use_object_tokens:
-        masks_by_image = {
-            image_key(images[0]): np.asarray(stack, dtype=np.uint8)
-            for images, stack in zip(test_set["images"], test_set["object_masks"])
-        }
+    test_set = shared["object_test_set"] if job.use_object_tokens else shared["test_set"]
+    majority = shared["majority"]
     rows = []
     with cached_vision_tower(model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
         for evaluation in job.evaluations:
             eval_started = time.time()
+            scores = evaluate_budget(
+                model, processor, test_set, evaluation.budget, args.eval_batch_size, evaluation.max_object_tokens
+            )["scores"]
             tokens, object_tokens = evaluation.budget, None
             if evaluation.max_object_tokens is not None:
-                default = config.max_object_tokens
-                config.max_object_tokens = evaluation.max_object_tokens  # the model reads it when generate gets none
-                try:
-                    masked = MaskedProcessor(processor, masks_by_image, evaluation.max_object_tokens)
-                    scores = evaluate_budget(model, masked, test_set, evaluation.budget, args.eval_batch_size)["scores"]
-                finally:
-                    config.max_object_tokens = default
                 object_tokens = statistics.fmean(
-                    min(len(stack), evaluation.max_object_tokens) for stack in test_set["object_masks"]
+                    min(len(stacks[0]), evaluation.max_object_tokens) for stacks in test_set["object_masks"]
                 )
                 tokens = evaluation.budget + object_tokens
-            else:
-                scores = evaluate_budget(model, processor, test_set, evaluation.budget, args.eval_batch_size)["scores"]
             eval_s = time.time() - eval_started
             overall = scores["overall"]["accuracy"]
             level = majority["overall"]["accuracy"]
@@ -634,9 +557,12 @@ def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
+QUICK_START = QuickStartArguments()  # every training setting defaults to the quick start's
+
+
 def parse_arguments(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS))
+    parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS), help="row groups, run in this order")
     parser.add_argument("--budgets", type=int, nargs="+", default=None,
                         help=f"Delta/TokenPacker/avg-pool budgets (default {ISSUE_BUDGETS}, those the grid allows)")
     parser.add_argument("--ablation_budget", type=int, default=None, help="default: largest budget below the full grid")
@@ -644,14 +570,14 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="e.g. 0 1 2 for a spread (3x the time)")
     parser.add_argument("--seeded_rows", nargs="*", choices=ROW_GROUPS, default=["delta", "mlp", "ablations"],
                         help="row groups run with every seed; the others run with the first seed only")
-    parser.add_argument("--train_samples", type=int, default=18000)
-    parser.add_argument("--test_samples", type=int, default=1200)
-    parser.add_argument("--max_steps", type=int, default=5000, help="training steps of every row (the quick start needed 5000)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--warmup_steps", type=int, default=300, help="vision tower warm-up steps (per-cell labels)")
-    parser.add_argument("--image_size", type=int, default=96)
-    parser.add_argument("--patch_size", type=int, default=8, help="96 / 8 = a 12x12 grid; 192 / 8 = 24x24 (576)")
+    parser.add_argument("--train_samples", type=int, default=QUICK_START.train_samples)
+    parser.add_argument("--test_samples", type=int, default=QUICK_START.test_samples)
+    parser.add_argument("--max_steps", type=int, default=QUICK_START.train_steps, help="training steps of every row")
+    parser.add_argument("--batch_size", type=int, default=QUICK_START.batch_size)
+    parser.add_argument("--learning_rate", type=float, default=QUICK_START.learning_rate)
+    parser.add_argument("--warmup_steps", type=int, default=QUICK_START.warmup_steps, help="vision tower warm-up steps")
+    parser.add_argument("--image_size", type=int, default=QUICK_START.image_size)
+    parser.add_argument("--patch_size", type=int, default=QUICK_START.patch_size, help="96 / 8 = 12x12 grid; 192 / 8 = 24x24")
     parser.add_argument("--data_seed", type=int, default=0, help="synthetic data and tower warm-up (same every row)")
     parser.add_argument("--eval_batch_size", type=int, default=32)
     parser.add_argument("--learned_margin", type=float, default=0.05,
@@ -710,30 +636,35 @@ def main(argv: list[str] | None = None) -> dict:
                 "the sequence length and every run as slow as the first",
                 flush=True,
             )
+        payload = write_all(args, command, grid, shared, estimate, checkpoints, rows, started, len(jobs))
 
-    summary = summarise(rows, shared["majority"])
     print()
-    print_summary(summary, shared["majority"])
+    print_summary(payload["summary"], shared["majority"])
     not_learned = sorted({row["checkpoint"] for row in rows if not row["learned"]})
     if not_learned:
         print(f"\nNot above majority + {args.learned_margin}: {', '.join(not_learned)}")
-    total_s = round(time.time() - started, 1)
+    print(f"\nWrote benchmarks/results/{args.results_name}.json and .png in {payload['total_s'] / 60:.1f} min.")
+    return payload
+
+
+def write_all(args, command, grid, shared, estimate, checkpoints, rows, started, planned_runs) -> dict:
+    """Writes the JSON and the plot of every row so far (after each training run, so a cut-short run keeps its rows)."""
+    summary = summarise(rows, shared["majority"])
     payload = {
         "settings": {**vars(args), **grid, "max_object_masks": shared["max_masks"],
                      "object_token_counts": object_token_counts(shared["max_masks"]) if shared["max_masks"] else None},
         "setup_s": shared["timings_s"],
         "warmup_final_loss": shared["warmup_final_loss"],
         "estimate": estimate,
-        "total_s": total_s,
+        "training_runs_done": f"{len(checkpoints)} of {planned_runs}",
+        "total_s": round(time.time() - started, 1),
         "majority": shared["majority"],
         "checkpoints": checkpoints,
         "rows": rows,
         "summary": summary,
     }
     path = measure.write_results(args.results_name, payload, command)
-    plot_path = path.with_suffix(".png")
-    plot(summary, shared["majority"], grid, plot_path)
-    print(f"\nWrote {path} and {plot_path} in {total_s / 60:.1f} min.")
+    plot(summary, shared["majority"], grid, path.with_suffix(".png"))
     return payload
 
 

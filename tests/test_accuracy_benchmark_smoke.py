@@ -1,26 +1,21 @@
-"""benchmarks/accuracy_vs_budget.py: masks built from the scene layout, masks reaching the processor, a tiny run."""
+"""benchmarks/accuracy_vs_budget.py: masks built from the scene layout in the precomputed column layout, a tiny run."""
 
 import json
 import math
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import CLIPImageProcessor
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from delta_llava.processing import DeltaLlavaProcessor
-from delta_llava.training.evaluate_vqa import user_turn
-from delta_llava.training.local_tokenizer import build_word_level_tokenizer
 from delta_llava.training.synthetic_vqa import (
     PrintedWord,
     Scene,
     ShapeObject,
     make_synthetic_vqa,
     render_scene,
-    word_vocabulary,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -72,43 +67,18 @@ def cell_mask(index: int) -> torch.Tensor:
     return mask
 
 
-def test_object_masks_column_and_forwarding_to_the_processor():
+def test_object_masks_column_has_the_precomputed_layout():
     dataset = benchmark.with_object_masks(make_synthetic_vqa(4, seed=0, image_size=IMAGE_SIZE), mask_size=8)
-    stacks = [np.asarray(stack) for stack in dataset["object_masks"]]
-    assert all(s.dtype != object and s.ndim == 3 and s.shape[1:] == (8, 8) for s in stacks)
+    assert dataset.features["object_masks"] == precompute_object_masks_feature(8)
+    stacks = [np.asarray(image_stacks[0]) for image_stacks in dataset["object_masks"]]
+    assert all(len(image_stacks) == 1 for image_stacks in dataset["object_masks"])  # one stack per image
+    assert all(s.ndim == 3 and s.shape[1:] == (8, 8) and s.min() >= 0 and s.max() <= 255 for s in stacks)
     counts = [int((np.asarray(labels) > 0).sum()) + 1 for labels in dataset["cell_labels"]]
     assert [len(s) for s in stacks] == counts  # one mask per non-empty cell + the background
 
-    tokenizer = build_word_level_tokenizer(word_vocabulary(3))
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    processor = DeltaLlavaProcessor(
-        image_processor, tokenizer, num_visual_tokens=4, use_object_tokens=True, max_object_tokens=8, mask_size=8
-    )
-    image_id = processor.image_token_id
 
-    # training: TRL's collator alone drops the column; the wrapper forwards it
-    trl_collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
-    plain = trl_collator([dict(row) for row in dataset])
-    assert "object_masks" not in plain and (plain["input_ids"] == image_id).sum(dim=1).tolist() == [4] * 4
-    batch = benchmark.ObjectMaskCollator(trl_collator)([dict(row) for row in dataset])
-    assert batch["object_masks"].shape == (4, max(counts), 8, 8)
-    assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [4 + count for count in counts]
-    assert "apply_chat_template" not in vars(processor)  # the shadowing method is gone again
-    with benchmark.object_masks_in_training():  # what train() builds inside the block
-        collator = benchmark.train_module.DataCollatorForVisionLanguageModeling(processor)
-        assert isinstance(collator, benchmark.ObjectMaskCollator)
-    assert benchmark.train_module.DataCollatorForVisionLanguageModeling is DataCollatorForVisionLanguageModeling
-
-    # evaluation: masks found by the image's pixels, k object tokens at most
-    masks = {benchmark.image_key(row["images"][0]): s for row, s in zip(dataset, stacks)}
-    masked = benchmark.MaskedProcessor(processor, masks, max_object_tokens=2)
-    rows = dataset[:]  # a batch as evaluate_budget slices it: one list of images per sample
-    prompts = [processor.apply_chat_template(user_turn(m), add_generation_prompt=True) for m in rows["messages"]]
-    inputs = masked(images=rows["images"], text=prompts, num_visual_tokens=4, padding=True, return_tensors="pt")
-    assert (inputs["input_ids"] == image_id).sum(dim=1).tolist() == [4 + min(count, 2) for count in counts]
-    assert masked.image_token_id == image_id  # everything else is the processor's
+def precompute_object_masks_feature(mask_size: int):
+    return datasets.List(datasets.Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
 
 
 def test_object_token_counts():

@@ -1,5 +1,6 @@
 """Generate answers on a VQA split at a chosen token budget and score them per question type."""
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,8 +22,13 @@ def generate_answers(
     batch_size: int = 32,
     max_new_tokens: int = 24,
     desc: str = "generating",
+    max_object_tokens: int | None = None,
 ) -> list[str]:
-    """Greedy answers for every row of an `images` + `messages` dataset, in order."""
+    """
+    Greedy answers for every row of an `images` + `messages` dataset, in order. With an `object_masks` column (per
+    row, one mask stack per image) the images also get up to `max_object_tokens` object tokens (default: the
+    processor's).
+    """
     model.eval()
     answers = []
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
@@ -30,21 +36,42 @@ def generate_answers(
         prompts = [
             processor.apply_chat_template(user_turn(messages), add_generation_prompt=True) for messages in rows["messages"]
         ]
+        object_inputs = {}
+        if "object_masks" in rows:
+            masks = [[np.asarray(stack, dtype=np.uint8) for stack in stacks] for stacks in rows["object_masks"]]
+            object_inputs = {"object_masks": masks, "max_object_tokens": max_object_tokens}
         inputs = processor(
-            images=rows["images"], text=prompts, num_visual_tokens=num_visual_tokens, padding=True, return_tensors="pt"
+            images=rows["images"],
+            text=prompts,
+            num_visual_tokens=num_visual_tokens,
+            padding=True,
+            return_tensors="pt",
+            **object_inputs,
         ).to(model.device)
         output = model.generate(
-            **inputs, num_visual_tokens=num_visual_tokens, max_new_tokens=max_new_tokens, do_sample=False
+            **inputs,
+            num_visual_tokens=num_visual_tokens,
+            max_object_tokens=object_inputs.get("max_object_tokens"),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
 
 
-def evaluate_budget(model, processor, dataset, num_visual_tokens: int, batch_size: int = 32) -> dict:
+def evaluate_budget(
+    model, processor, dataset, num_visual_tokens: int, batch_size: int = 32, max_object_tokens: int | None = None
+) -> dict:
     """Per-type scores (see `score_predictions`) of greedy answers at one budget, plus the answers themselves."""
     predictions = generate_answers(
-        model, processor, dataset, num_visual_tokens, batch_size, desc=f"evaluating at {num_visual_tokens} tokens"
+        model,
+        processor,
+        dataset,
+        num_visual_tokens,
+        batch_size,
+        desc=f"evaluating at {num_visual_tokens} tokens",
+        max_object_tokens=max_object_tokens,
     )
     scores = score_predictions(predictions, list(dataset["answer"]), list(dataset["question_type"]))
     return {"scores": scores, "predictions": predictions}

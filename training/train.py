@@ -13,12 +13,12 @@ import datasets
 import torch
 from transformers import set_seed
 from trl import SFTConfig, TrlParser
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
 from .elastic_budget import ElasticBudgetCollator
 from .llava_json import convert_llava_json
 from .model_builder import build_model_and_processor, count_parameters, set_trainable_parts, wrap_with_lora
+from .object_mask_collator import ObjectMaskCollator
 from .trainer import DeltaLlavaSFTTrainer
 from .vision_feature_cache import cached_vision_tower
 
@@ -65,9 +65,7 @@ def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArgumen
     trainable, total = count_parameters(model)
     logger.info("stage %s: %d of %d parameters train", model_args.stage, trainable, total)
 
-    collator = DataCollatorForVisionLanguageModeling(
-        processor, max_length=training_args.max_length, assistant_only_loss=True
-    )
+    collator = ObjectMaskCollator(processor, max_length=training_args.max_length, assistant_only_loss=True)
     if model_args.elastic_budgets:
         for budget in model_args.elastic_budgets:
             model.config.check_num_visual_tokens(budget, field="elastic_budgets")
