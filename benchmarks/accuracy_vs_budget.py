@@ -43,10 +43,12 @@ first training run prints an estimate of the whole run's wall time.
 import argparse
 import gc
 import math
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,6 +289,7 @@ def build_shared(args, grid: dict, work: Path) -> dict:
         image_size=args.image_size,
         patch_size=args.patch_size,
         warmup_steps=args.warmup_steps,
+        warmup_learning_rate=args.warmup_learning_rate,
         seed=args.data_seed,
     )
     warmup_losses = build_vision_tower(work / "vision_tower", tower_args, train_set)
@@ -408,6 +411,22 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
     return checkpoint, rows
 
 
+def run_jobs(args, jobs: list[Job], shared: dict):
+    """Yields (job, checkpoint record, rows) as the jobs finish. With `--workers` N > 1 they run N at a time in
+    spawned processes, each with an equal share of the CPU cores as torch threads (small models use cores poorly,
+    so two one-thread jobs beat one two-thread job)."""
+    if args.workers == 1:
+        for job in jobs:
+            yield job, *run_job(args, job, shared)
+        return
+    threads = max(1, (args.threads or os.cpu_count() or 1) // args.workers)
+    context = multiprocessing.get_context("spawn")  # a forked child of a process that ran OpenMP threads can hang
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_job, args, job, shared): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], *future.result()
+
+
 # ----------------------------------------------------------------------------------------------- estimate
 
 
@@ -416,15 +435,18 @@ def job_tokens(job: Job, max_masks: int) -> float:
     return budget + (max_masks if job.use_object_tokens else 0)
 
 
-def estimate_run(jobs: list[Job], first: dict, first_rows: list[dict], shared: dict) -> dict:
-    """The whole run's wall time from the first job: a range between two cost models.
+def estimate_run(
+    jobs: list[Job], first_job: Job, first: dict, first_rows: list[dict], shared: dict, workers: int
+) -> dict:
+    """The whole run's wall time from the first job to finish: a range between two cost models.
 
     `proportional`: training and evaluation time scale with the sequence length (text + visual tokens) relative
     to the first job; `flat`: every job costs what the first did per training run and per evaluation. Small
     budgets carry a fixed per-step overhead (collation, image processing, optimizer), so the truth lies between.
+    With several workers the jobs' time is shared among them.
     """
     text = shared["mean_text_tokens"]
-    base_tokens = job_tokens(jobs[0], shared["max_masks"]) + text
+    base_tokens = job_tokens(first_job, shared["max_masks"]) + text
     eval_s = statistics.fmean(row["eval_s"] for row in first_rows)
     proportional = flat = 0.0
     for job in jobs:
@@ -433,9 +455,10 @@ def estimate_run(jobs: list[Job], first: dict, first_rows: list[dict], shared: d
         proportional += scale * job_s
         flat += job_s
     setup_s = sum(shared["timings_s"].values())
-    low, high = sorted([proportional, flat])
+    low, high = sorted([proportional / workers, flat / workers])
     return {
         "training_runs": len(jobs),
+        "workers": workers,
         "evaluations": sum(len(job.evaluations) for job in jobs),
         "first_job": first["name"],
         "first_job_train_s": first["train_s"],
@@ -576,13 +599,15 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--batch_size", type=int, default=QUICK_START.batch_size)
     parser.add_argument("--learning_rate", type=float, default=QUICK_START.learning_rate)
     parser.add_argument("--warmup_steps", type=int, default=QUICK_START.warmup_steps, help="vision tower warm-up steps")
+    parser.add_argument("--warmup_learning_rate", type=float, default=QUICK_START.warmup_learning_rate)
     parser.add_argument("--image_size", type=int, default=QUICK_START.image_size)
     parser.add_argument("--patch_size", type=int, default=QUICK_START.patch_size, help="96 / 8 = 12x12 grid; 192 / 8 = 24x24")
     parser.add_argument("--data_seed", type=int, default=0, help="synthetic data and tower warm-up (same every row)")
     parser.add_argument("--eval_batch_size", type=int, default=32)
     parser.add_argument("--learned_margin", type=float, default=0.05,
                         help="a row learned when its overall accuracy exceeds the majority level by this much")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's own choice)")
+    parser.add_argument("--workers", type=int, default=1, help="training runs at a time, in separate processes")
     parser.add_argument("--output_dir", default="outputs/accuracy_vs_budget", help="data, shared parts, checkpoints")
     parser.add_argument("--results_name", default="accuracy_vs_budget",
                         help="benchmarks/results/<name>.json and .png; change it for shrunk runs")
@@ -591,6 +616,8 @@ def parse_arguments(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(argv)
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: give at least 1 (training runs at a time).")
     command = "python benchmarks/accuracy_vs_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -610,8 +637,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(jobs)} training runs, {sum(len(j.evaluations) for j in jobs)} evaluations", flush=True)
 
     checkpoints, rows, estimate = [], [], None
-    for index, job in enumerate(jobs):
-        checkpoint, job_rows = run_job(args, job, shared)
+    for done, (job, checkpoint, job_rows) in enumerate(run_jobs(args, jobs, shared), start=1):
         checkpoints.append(checkpoint)
         rows += job_rows
         accuracy = ", ".join(
@@ -622,18 +648,18 @@ def main(argv: list[str] | None = None) -> dict:
             for row in job_rows
         )
         print(
-            f"[{time.time() - started:6.0f}s] {index + 1}/{len(jobs)} {job.name}: train {checkpoint['train_s']:.0f} s "
+            f"[{time.time() - started:6.0f}s] {done}/{len(jobs)} {job.name}: train {checkpoint['train_s']:.0f} s "
             f"({checkpoint['steps_per_s']} steps/s), {accuracy}",
             flush=True,
         )
-        if index == 0:
-            estimate = estimate_run(jobs, checkpoint, job_rows, shared)
+        if estimate is None:
+            estimate = estimate_run(jobs, job, checkpoint, job_rows, shared, args.workers)
             print(
                 f"Estimated wall time of this run: {estimate['total_low_s'] / 60:.0f}-"
                 f"{estimate['total_high_s'] / 60:.0f} min for {estimate['training_runs']} training runs and "
-                f"{estimate['evaluations']} evaluations, from {job.name} ({checkpoint['train_s']:.0f} s training, "
-                f"{estimate['first_job_eval_s']:.0f} s per evaluation); the range lies between time proportional to "
-                "the sequence length and every run as slow as the first",
+                f"{estimate['evaluations']} evaluations on {args.workers} worker(s), from {job.name} "
+                f"({checkpoint['train_s']:.0f} s training, {estimate['first_job_eval_s']:.0f} s per evaluation); the "
+                "range lies between time proportional to the sequence length and every run as slow as the first",
                 flush=True,
             )
         payload = write_all(args, command, grid, shared, estimate, checkpoints, rows, started, len(jobs))

@@ -75,7 +75,8 @@ class QuickStartArguments:
     test_samples: int = field(default=1200, metadata={"help": "Synthetic test questions (another seed)."})
     image_size: int = field(default=96, metadata={"help": "Image side in pixels."})
     patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
-    warmup_steps: int = field(default=300, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
+    warmup_steps: int = field(default=1000, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
+    warmup_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of the tower's warm-up."})
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
@@ -111,7 +112,15 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     scenes = train_set.select(range(0, len(train_set), 2))  # every other row: consecutive rows may share a scene
     pixel_values = image_processor([images[0] for images in scenes["images"]], return_tensors="pt")["pixel_values"]
     cell_labels = torch.tensor(scenes["cell_labels"])
-    losses = warm_up_vision_tower(tower, pixel_values, cell_labels, len(CELL_LABEL_NAMES), args.warmup_steps, seed=args.seed)
+    losses = warm_up_vision_tower(
+        tower,
+        pixel_values,
+        cell_labels,
+        len(CELL_LABEL_NAMES),
+        args.warmup_steps,
+        learning_rate=args.warmup_learning_rate,
+        seed=args.seed,
+    )
     tower.save_pretrained(directory)
     image_processor.save_pretrained(directory)
     return losses
