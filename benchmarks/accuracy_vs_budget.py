@@ -1,13 +1,13 @@
 """Accuracy vs visual token budget on the synthetic VQA test split (the paper's figure 4), every row trained alike.
 
-    python benchmarks/accuracy_vs_budget.py     # default table: 39 training runs of 600 steps, 46 evaluations;
-                                                # about 80-100 min at ~9 steps/s (budget 9, batch 32, 2 quiet cores)
+    python benchmarks/accuracy_vs_budget.py --workers 2 --max_steps 1500 --baseline_budgets 36 16 4 1
+                                                # the recorded table (see its JSON for the time of every row)
     python benchmarks/accuracy_vs_budget.py --rows delta mlp --budgets 36 4 --seeds 0 \
         --train_samples 200 --test_samples 60 --max_steps 20 --warmup_steps 20 --results_name accuracy_smoke
 
 The shared parts are built once, as in the quick start (`delta_llava.training.quickstart`): the synthetic train and
 test sets (fixed data seed), the word-level tokenizer, the small CLIP-style tower warmed up on per-cell labels and
-then frozen, and the random 2-layer Llama, saved to disk. Every training run starts from those same saved weights,
+then frozen, and the small random Llama, saved to disk. Every training run starts from those same saved weights,
 trains its own projector + LLM through `delta_llava.training.train.train` (TRL's SFTTrainer) with the frozen
 tower's features cached, for the same `--max_steps`, batch, learning rate and schedule; only the training seed
 (projector initialisation, data order, elastic draws) changes between seeds. Rows (`--rows`):
@@ -17,7 +17,7 @@ tower's features cached, for the same `--max_steps`, batch, learning rate and sc
   96 px / 8 px patches allows 144 36 16 9 4 1, so 144 is its full grid and 64 is impossible; a 24x24 grid, e.g.
   `--image_size 192 --patch_size 8`, allows 576 144 64 36 16 9 4 1);
 - mlp: LLaVA-1.5's MLP at the full grid (144 on 12x12, 576 on 24x24);
-- tokenpacker, avgpool: the baselines at the same budgets as delta;
+- tokenpacker, avgpool: the baselines at the same budgets as delta, or at `--baseline_budgets`;
 - ablations: the paper's three (no EMHSA, no DeltaProjection, no transformer block) at `--ablation_budget`
   (default: the largest allowed budget below the full grid: 36 on 12x12, 144 on 24x24); the delta row at that
   budget is the full model;
@@ -84,6 +84,7 @@ from delta_llava.training.train import train  # noqa: E402
 from delta_llava.training.vision_feature_cache import cached_vision_tower  # noqa: E402
 from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
 
+QUICK_START = QuickStartArguments()  # every training setting defaults to the quick start's
 ROW_GROUPS = ("delta", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
 SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
@@ -186,6 +187,10 @@ def grid_budgets(args) -> dict:
         raise ValueError(f"--budgets {dropped} are impossible on the {grid}x{grid} patch grid; allowed: {allowed}.")
     if not budgets:
         raise ValueError(f"none of the budgets {requested} fits the {grid}x{grid} patch grid; allowed: {allowed}.")
+    baseline_budgets = args.baseline_budgets or budgets
+    outside = [b for b in baseline_budgets if b not in allowed]
+    if outside:
+        raise ValueError(f"--baseline_budgets {outside} are impossible on the {grid}x{grid} patch grid; allowed: {allowed}.")
     below_full = [b for b in allowed if b < grid * grid]
     ablation_budget = args.ablation_budget or (below_full[0] if below_full else grid * grid)
     object_budget = args.object_budget or min((b for b in budgets if b > 1), default=budgets[-1])
@@ -196,6 +201,7 @@ def grid_budgets(args) -> dict:
         "patch_grid": grid,
         "allowed_budgets": allowed,
         "budgets": budgets,
+        "baseline_budgets": baseline_budgets,
         "dropped_budgets": dropped,
         "full_grid": grid * grid,
         "ablation_budget": ablation_budget,
@@ -219,7 +225,7 @@ def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
     for group in dict.fromkeys(args.rows):  # in the order given, so a cut-short run has the rows asked first
         for seed in seeds_for(group):
             if group in ("delta", "tokenpacker", "avgpool"):
-                for budget in budgets:
+                for budget in budgets if group == "delta" else grid["baseline_budgets"]:
                     jobs.append(
                         Job(group, f"{group}_b{budget}_s{seed}", PROJECTOR_TYPES[group], budget, seed,
                             [Evaluation(group, budget)])
@@ -283,7 +289,7 @@ def build_shared(args, grid: dict, work: Path) -> dict:
         lap("object masks")
 
     tokenizer = build_tokenizer(work / "language_model", grid_size=SCENE_GRID)
-    build_language_model(work / "language_model", tokenizer)
+    build_language_model(work / "language_model", tokenizer, QUICK_START.language_model_layers, QUICK_START.language_model_heads)
     tower_args = QuickStartArguments(
         output_dir=str(work),
         image_size=args.image_size,
@@ -580,14 +586,13 @@ def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 
-QUICK_START = QuickStartArguments()  # every training setting defaults to the quick start's
-
-
 def parse_arguments(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS), help="row groups, run in this order")
     parser.add_argument("--budgets", type=int, nargs="+", default=None,
-                        help=f"Delta/TokenPacker/avg-pool budgets (default {ISSUE_BUDGETS}, those the grid allows)")
+                        help=f"Delta budgets, also the baselines' unless --baseline_budgets (default {ISSUE_BUDGETS}, those the grid allows)")
+    parser.add_argument("--baseline_budgets", type=int, nargs="+", default=None,
+                        help="TokenPacker/avg-pool budgets (default: --budgets); at the full grid both add little to the MLP")
     parser.add_argument("--ablation_budget", type=int, default=None, help="default: largest budget below the full grid")
     parser.add_argument("--object_budget", type=int, default=None, help="default: smallest budget above 1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="e.g. 0 1 2 for a spread (3x the time)")

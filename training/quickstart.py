@@ -77,6 +77,8 @@ class QuickStartArguments:
     patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
     warmup_steps: int = field(default=1000, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
     warmup_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of the tower's warm-up."})
+    language_model_layers: int = field(default=3, metadata={"help": "Layers of the random small Llama."})
+    language_model_heads: int = field(default=8, metadata={"help": "Attention heads of the small Llama (width 128)."})
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
@@ -126,15 +128,15 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     return losses
 
 
-def build_language_model(directory: Path, tokenizer) -> None:
-    """A 2-layer Llama with random weights over the synthetic vocabulary."""
+def build_language_model(directory: Path, tokenizer, num_layers: int = 3, num_heads: int = 8) -> None:
+    """A small Llama (width 128) with random weights over the synthetic vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -159,7 +161,7 @@ def run(args: QuickStartArguments) -> dict:
     lap("synthetic data")
 
     tokenizer = build_tokenizer(out / "language_model", grid_size=3)
-    build_language_model(out / "language_model", tokenizer)
+    build_language_model(out / "language_model", tokenizer, args.language_model_layers, args.language_model_heads)
     warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
     lap("vision tower warm-up")
 
