@@ -1,0 +1,63 @@
+"""The quick start end to end at toy size: data, tower warm-up, training, the budget table, the saved checkpoint."""
+
+import json
+
+import pytest
+
+from delta_llava.training import quickstart
+
+
+@pytest.fixture(scope="module")
+def tiny_quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    quickstart.main(
+        [
+            "--output_dir", str(out),
+            "--train_samples", "48",
+            "--test_samples", "12",
+            "--image_size", "32",
+            "--patch_size", "4",  # an 8x8 patch grid: budgets 64, 16, 4, 1
+            "--warmup_steps", "3",
+            "--train_steps", "3",
+            "--batch_size", "4",
+            "--train_budget", "4",
+            "--eval_budgets", "16", "4", "1",
+            "--language_model_layers", "1",
+            "--language_model_heads", "2",
+        ]
+    )  # fmt: skip
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_results_cover_every_budget_and_question_type(tiny_quickstart):
+    _, results = tiny_quickstart
+    types = {"attribute", "position", "count", "existence", "text", "caption", "overall"}
+    assert list(results["budgets"]) == ["16", "4", "1"]
+    for scores in results["budgets"].values():
+        assert set(scores) == types and all(0 <= scores[name]["accuracy"] <= 1 for name in types)
+    assert set(results["majority"]) == types
+    assert all(0 < results["majority"][name]["accuracy"] < 1 for name in types - {"caption"})
+
+
+def test_verdict_follows_the_bar(tiny_quickstart):
+    _, results = tiny_quickstart
+    majority = results["majority"]
+    for budget, verdict in results["verdict"].items():
+        scores = results["budgets"][budget]
+        gain = scores["overall"]["accuracy"] - majority["overall"]["accuracy"]
+        assert verdict["gain_over_majority"] == pytest.approx(gain, abs=1e-4)
+        lagging = [n for n in majority if n != "overall" and scores[n]["accuracy"] <= majority[n]["accuracy"]]
+        assert verdict["types_not_above_majority"] == lagging
+        assert verdict["meets_bar"] == (gain >= 0.20 and not lagging)
+
+
+def test_checkpoint_and_plot_are_written(tiny_quickstart):
+    out, results = tiny_quickstart
+    checkpoint = out / "checkpoint"
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["num_visual_tokens"] == 4 and config["text_config"]["num_hidden_layers"] == 1
+    assert "AutoModelForImageTextToText" in config["auto_map"]
+    assert (checkpoint / "modeling_delta_llava.py").is_file()
+    assert (out / "accuracy_by_budget.png").stat().st_size > 0
+    assert results["example"]["reference"] and isinstance(results["example"]["answer"], str)
+    assert results["arguments"]["warmup_steps"] == 3 and results["timings_s"]["Delta-LLaVA training"] > 0
