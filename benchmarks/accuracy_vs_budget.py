@@ -1,7 +1,7 @@
 """Accuracy vs visual token budget on the synthetic VQA test split (the paper's figure 4), every row trained alike.
 
-    python benchmarks/accuracy_vs_budget.py --workers 2 --max_steps 1500 --baseline_budgets 36 16 4 1
-                                                # the recorded table (see its JSON for the time of every row)
+    python benchmarks/accuracy_vs_budget.py --workers 2 --max_steps 1000 --budgets 144 36 16 9 4 1 \
+        --baseline_budgets 36 16 4 1            # the recorded (partial) table; its JSON has every row's time
     python benchmarks/accuracy_vs_budget.py --rows delta mlp --budgets 36 4 --seeds 0 \
         --train_samples 200 --test_samples 60 --max_steps 20 --warmup_steps 20 --results_name accuracy_smoke
 
@@ -68,7 +68,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import measure  # noqa: E402
 from delta_llava.configuration_delta_llava import allowed_visual_token_counts  # noqa: E402
 from delta_llava.processing.object_mask_inputs import append_background_mask, compact_mask_stack  # noqa: E402
-from delta_llava.processing.precompute_object_masks import OBJECT_MASKS_COLUMN  # noqa: E402
+from delta_llava.processing.precompute_object_masks import OBJECT_MASKS_COLUMN, object_masks_feature  # noqa: E402
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
 from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
 from delta_llava.training.quickstart import (  # noqa: E402
@@ -138,7 +138,7 @@ def with_object_masks(dataset: datasets.Dataset, mask_size: int) -> datasets.Dat
     """The dataset plus an `object_masks` column as `precompute_object_masks` writes it: per row, a list with the
     image's stack in the compact uint8 form (K + 1, S, S)."""
     features = dataset.features.copy()
-    features[OBJECT_MASKS_COLUMN] = datasets.List(datasets.Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
+    features[OBJECT_MASKS_COLUMN] = object_masks_feature(mask_size)
 
     def add_masks(row: dict) -> dict:
         stack = compact_mask_stack(scene_mask_stack(row["cell_labels"], row["images"][0]), mask_size)

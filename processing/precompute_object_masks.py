@@ -34,6 +34,11 @@ DEFAULT_MASK_SIZE = 24
 __all__ = ["OBJECT_MASKS_COLUMN", "PrecomputeArguments", "main", "precompute_object_masks"]
 
 
+def object_masks_feature(mask_size: int) -> List:
+    """The `object_masks` column's feature: per row, one compact uint8 mask stack (K, S, S) per image."""
+    return List(Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
+
+
 def precompute_object_masks(
     dataset: Dataset,
     extractor: ObjectMaskExtractor,
@@ -67,7 +72,7 @@ def precompute_object_masks(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     features = dataset.features.copy()
-    features[OBJECT_MASKS_COLUMN] = List(Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
+    features[OBJECT_MASKS_COLUMN] = object_masks_feature(mask_size)
     cache_key = [dataset._fingerprint, _extractor_fingerprint(extractor), str(mask_size), image_column]
     return dataset.map(
         partial(_extract_batch, extractor=extractor, mask_size=mask_size, image_column=image_column),

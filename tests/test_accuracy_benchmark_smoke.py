@@ -5,11 +5,11 @@ import math
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
 
+from delta_llava.processing.precompute_object_masks import object_masks_feature
 from delta_llava.training.synthetic_vqa import (
     PrintedWord,
     Scene,
@@ -69,16 +69,12 @@ def cell_mask(index: int) -> torch.Tensor:
 
 def test_object_masks_column_has_the_precomputed_layout():
     dataset = benchmark.with_object_masks(make_synthetic_vqa(4, seed=0, image_size=IMAGE_SIZE), mask_size=8)
-    assert dataset.features["object_masks"] == precompute_object_masks_feature(8)
+    assert dataset.features["object_masks"] == object_masks_feature(8)  # what precompute_object_masks writes
     stacks = [np.asarray(image_stacks[0]) for image_stacks in dataset["object_masks"]]
     assert all(len(image_stacks) == 1 for image_stacks in dataset["object_masks"])  # one stack per image
     assert all(s.ndim == 3 and s.shape[1:] == (8, 8) and s.min() >= 0 and s.max() <= 255 for s in stacks)
     counts = [int((np.asarray(labels) > 0).sum()) + 1 for labels in dataset["cell_labels"]]
     assert [len(s) for s in stacks] == counts  # one mask per non-empty cell + the background
-
-
-def precompute_object_masks_feature(mask_size: int):
-    return datasets.List(datasets.Array3D(shape=(None, mask_size, mask_size), dtype="uint8"))
 
 
 def test_object_token_counts():

@@ -128,7 +128,7 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     return losses
 
 
-def build_language_model(directory: Path, tokenizer, num_layers: int = 3, num_heads: int = 8) -> None:
+def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads: int) -> None:
     """A small Llama (width 128) with random weights over the synthetic vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
