@@ -513,7 +513,8 @@ def summarise(rows: list[dict], majority: dict) -> list[dict]:
     return summary
 
 
-def print_summary(summary: list[dict], majority: dict) -> None:
+def summary_table(summary: list[dict], majority: dict) -> tuple[list[str], list[list]]:
+    """(headers, rows) of the summary table: one row per series point, then the majority-answer level."""
     types = [name for name in majority if name != "overall"]
     headers = ["row", "tokens", "seeds", "overall", "±std", *types, "learned", "wall s"]
     table = []
@@ -536,7 +537,11 @@ def print_summary(summary: list[dict], majority: dict) -> None:
         ["majority answer", "-", "-", f"{majority['overall']['accuracy']:.3f}", "-",
          *(f"{majority[t]['accuracy']:.3f}" for t in types), "-", "-"]
     )
-    measure.print_table(headers, table)
+    return headers, table
+
+
+def print_summary(summary: list[dict], majority: dict) -> None:
+    measure.print_table(*summary_table(summary, majority))
 
 
 SERIES_STYLE = {

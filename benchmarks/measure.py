@@ -59,3 +59,10 @@ def print_table(headers: list[str], rows: list[list]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """The same table as GitHub markdown, for pasting into the README."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
