@@ -507,10 +507,17 @@ def summarise(rows: list[dict], majority: dict) -> list[dict]:
                 "accuracy": per_type,
                 "majority": {name: score["accuracy"] for name, score in majority.items()},
                 "all_learned": all(member["learned"] for member in members),
+                "seeds_learned": sum(member["learned"] for member in members),
                 "mean_wall_s": round(statistics.fmean(member["wall_s"] for member in members), 1),
             }
         )
     return summary
+
+
+def learned_text(entry: dict) -> str:
+    """"yes" when every seed learned, "NO" when none did, else e.g. "2 of 3"."""
+    learned, seeds = entry["seeds_learned"], len(entry["seeds"])
+    return "yes" if learned == seeds else "NO" if learned == 0 else f"{learned} of {seeds}"
 
 
 def summary_table(summary: list[dict], majority: dict) -> tuple[list[str], list[list]]:
@@ -529,7 +536,7 @@ def summary_table(summary: list[dict], majority: dict) -> tuple[list[str], list[
                 f"{overall['mean']:.3f}",
                 f"{overall['std']:.3f}",
                 *(f"{entry['accuracy'][t]['mean']:.3f}" for t in types),
-                "yes" if entry["all_learned"] else "NO",
+                learned_text(entry),
                 entry["mean_wall_s"],
             ]
         )
@@ -557,34 +564,51 @@ SERIES_STYLE = {
 }
 
 
-def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
-    """Overall accuracy vs tokens per image (log x), one line per projector type, elastic dashed, seed std bars."""
-    figure, axis = plt.subplots(figsize=(8, 5))
+X_NUDGE = {"no EMHSA": 1.12, "no DeltaProjection": 1.25, "no transformer block": 1.4}  # ablations sit right of 36
+
+
+def draw_series(axis, summary: list[dict], question_type: str, with_labels: bool) -> None:
+    """One line per series on `axis`: mean accuracy of `question_type` vs tokens, seed std as error bars."""
     for label, style in SERIES_STYLE.items():
         points = sorted((e for e in summary if e["label"] == label), key=lambda e: e["tokens"])
         if not points:
             continue
         name = f"{label} (k = all ... none, x = {points[0]['budget']} + object tokens)" if label == "objects" else label
         axis.errorbar(
-            [e["tokens"] for e in points],
-            [e["accuracy"]["overall"]["mean"] for e in points],
-            yerr=[e["accuracy"]["overall"]["std"] for e in points],
+            [e["tokens"] * X_NUDGE.get(label, 1.0) for e in points],
+            [e["accuracy"][question_type]["mean"] for e in points],
+            yerr=[e["accuracy"][question_type]["std"] for e in points],
             capsize=3,
-            label=name,
+            label=name if with_labels else None,
             **style,
         )
-    axis.axhline(majority["overall"]["accuracy"], color="grey", linestyle=":", label="majority answer")
+
+
+def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
+    """Left: overall accuracy vs tokens per image (log x), one line per projector type, elastic dashed, seed std
+    bars, the majority-answer level dotted. Right: the same per question type, each with its own majority level."""
+    types = [name for name in majority if name != "overall"]
+    figure = plt.figure(figsize=(15, 6))
+    layout = figure.add_gridspec(2, 2 + math.ceil(len(types) / 2), width_ratios=[2.2, 2.2] + [1.4] * math.ceil(len(types) / 2))
+    overall = figure.add_subplot(layout[:, :2])
+    panels = [figure.add_subplot(layout[i % 2, 2 + i // 2]) for i in range(len(types))]
     ticks = sorted({*grid["allowed_budgets"]})
-    axis.set_xscale("log")
-    axis.set_xticks(ticks, [str(t) for t in ticks])
-    axis.set_xlabel(f"visual tokens per image ({grid['patch_grid']}x{grid['patch_grid']} patch grid)")
-    axis.set_ylabel("overall accuracy, synthetic test split")
-    axis.set_ylim(0, 1)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    for axis, question_type in zip([overall, *panels], ["overall", *types]):
+        draw_series(axis, summary, question_type, with_labels=axis is overall)
+        axis.axhline(majority[question_type]["accuracy"], color="grey", linestyle=":",
+                     label="majority answer" if axis is overall else None)  # fmt: skip
+        axis.set_xscale("log")
+        axis.set_xticks(ticks, [str(t) for t in ticks], fontsize=7 if axis is not overall else None)
+        axis.minorticks_off()
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.set_title(question_type, fontsize=9 if axis is not overall else None)
+    overall.set_xlabel(f"visual tokens per image ({grid['patch_grid']}x{grid['patch_grid']} patch grid)")
+    overall.set_ylabel("accuracy, synthetic test split")
+    overall.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 

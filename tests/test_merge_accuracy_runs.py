@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy_vs_budget as benchmark  # noqa: E402
 import measure  # noqa: E402
 import merge_accuracy_runs as merge  # noqa: E402
 
@@ -51,18 +52,23 @@ def write(results_dir: Path, name: str, record: dict) -> None:
 
 def test_merge_takes_each_checkpoint_once_and_reports_reruns(results_dir):
     write(results_dir, "first", run_record([row("delta_b4_s0", "delta", 4, 0, 0.50), row("delta_b1_s0", "delta", 1, 0, 0.40)]))
-    write(results_dir, "second", run_record([row("delta_b4_s0", "delta", 4, 0, 0.46), row("delta_b4_s1", "delta", 4, 1, 0.60)]))
+    write(results_dir, "second", run_record([
+        row("delta_b4_s0", "delta", 4, 0, 0.46), row("delta_b4_s1", "delta", 4, 1, 0.60), row("delta_b1_s1", "delta", 1, 1, 0.2)
+    ]))  # fmt: skip
     payload = merge.main(["first", "second", "--results_name", "merged"])
 
-    assert [c["name"] for c in payload["checkpoints"]] == ["delta_b4_s0", "delta_b1_s0", "delta_b4_s1"]
+    assert [c["name"] for c in payload["checkpoints"]] == ["delta_b4_s0", "delta_b1_s0", "delta_b4_s1", "delta_b1_s1"]
     assert [(r["checkpoint"], r["source"]) for r in payload["rows"]] == [
-        ("delta_b4_s0", "first"), ("delta_b1_s0", "first"), ("delta_b4_s1", "second")
+        ("delta_b4_s0", "first"), ("delta_b1_s0", "first"), ("delta_b4_s1", "second"), ("delta_b1_s1", "second")
     ]
     (rerun,) = payload["reruns"]
     assert rerun["checkpoint"] == "delta_b4_s0" and rerun["difference"] == pytest.approx(-0.04)
     at_four = next(e for e in payload["summary"] if e["budget"] == 4)
     assert at_four["seeds"] == [0, 1] and at_four["accuracy"]["overall"]["mean"] == pytest.approx(0.55)
     assert at_four["accuracy"]["overall"]["std"] > 0
+    _, table = benchmark.summary_table(payload["summary"], MAJORITY)
+    learned = {line[0] + "@" + line[1]: line[-2] for line in table[:-1]}
+    assert learned == {"delta@4": "yes", "delta@1": "1 of 2"}  # delta@1: seed 0 learned, seed 1 at chance
     assert (results_dir / "merged.json").is_file() and (results_dir / "merged.png").stat().st_size > 0
 
 
