@@ -1,7 +1,8 @@
 """Accuracy vs visual token budget on the synthetic VQA test split (the paper's figure 4), every row trained alike.
 
     python benchmarks/accuracy_vs_budget.py --workers 2 --max_steps 1000 --budgets 144 36 16 9 4 1 \
-        --baseline_budgets 36 16 4 1            # the recorded (partial) table; its JSON has every row's time
+        --baseline_budgets 36 16 4 1            # every row once (seed 0); ~75 min on 2 cores
+    bash benchmarks/accuracy_table.sh           # the README's table: that, the seeds, then merge_accuracy_runs.py
     python benchmarks/accuracy_vs_budget.py --rows delta mlp --budgets 36 4 --seeds 0 \
         --train_samples 200 --test_samples 60 --max_steps 20 --warmup_steps 20 --results_name accuracy_smoke
 
