@@ -6,8 +6,9 @@
 A full table does not fit one sitting on a 2-core machine, so it is run in pieces (`--rows`, `--results_name`).
 This script checks that every piece trained alike (the settings in `SHARED_SETTINGS` must be equal), takes each
 checkpoint once (the first file that has it; a checkpoint trained again in a later file is a rerun with the same
-seed, and the difference between the two is reported as run-to-run noise), then summarises over seeds, prints the
-table (plain and as markdown) and writes benchmarks/results/<results_name>.json and .png.
+seed, and the difference between the two is reported as run-to-run noise), leaves out the row groups named by
+`--exclude RUN:GROUP` (rows trained by code that has changed since; the JSON records them), then summarises over
+seeds, prints the table (plain and as markdown) and writes benchmarks/results/<results_name>.json and .png.
 """
 
 import argparse
@@ -44,11 +45,30 @@ def check_same_setup(runs: dict[str, dict]) -> None:
             raise ValueError(f"{name} and {first_name} have different test splits (majority levels differ).")
 
 
-def merge_rows(runs: dict[str, dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """(checkpoints, rows, reruns): each checkpoint from the first run that has it; reruns pair repeated rows."""
+def parse_exclusions(pairs: list[str], runs: dict[str, dict]) -> dict[str, set[str]]:
+    """["run:group", ...] -> {run: {group, ...}}; refuses a run that is not an input or a group it does not hold."""
+    excluded: dict[str, set[str]] = {}
+    for pair in pairs:
+        name, _, group = pair.partition(":")
+        if name not in runs or not group:
+            raise ValueError(f"--exclude {pair!r}: give RUN:GROUP with RUN one of the inputs {list(runs)}.")
+        if group not in {row["group"] for row in runs[name]["rows"]}:
+            raise ValueError(f"--exclude {pair!r}: {name} has no {group!r} rows.")
+        excluded.setdefault(name, set()).add(group)
+    return excluded
+
+
+def merge_rows(
+    runs: dict[str, dict], excluded: dict[str, set[str]] | None = None
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(checkpoints, rows, reruns): each checkpoint from the first run that has it, leaving out the `excluded`
+    groups of a run (e.g. rows trained by code that has changed since); reruns pair repeated rows."""
     checkpoints, rows, reruns = [], [], []
     kept: dict[tuple, dict] = {}
+    excluded = excluded or {}
     for name, run in runs.items():
+        run = {**run, "checkpoints": [c for c in run["checkpoints"] if c["group"] not in excluded.get(name, ())],
+               "rows": [r for r in run["rows"] if r["group"] not in excluded.get(name, ())]}  # fmt: skip
         new_checkpoints = {c["name"] for c in run["checkpoints"]} - {c["name"] for c in checkpoints}
         checkpoints += [{**c, "source": name} for c in run["checkpoints"] if c["name"] in new_checkpoints]
         for row in run["rows"]:
@@ -75,13 +95,16 @@ def merge_rows(runs: dict[str, dict]) -> tuple[list[dict], list[dict], list[dict
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="result names in benchmarks/results (without .json), first wins")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="RUN:GROUP",
+                        help="leave a run's row group out, e.g. rows trained before a fix (recorded in the JSON)")
     parser.add_argument("--results_name", default="accuracy_vs_budget_combined")
     args = parser.parse_args(argv)
     if args.results_name in args.runs:
         raise ValueError(f"--results_name {args.results_name} is one of the inputs; pick a new name.")
     runs = {name: load_run(name) for name in args.runs}
     check_same_setup(runs)
-    checkpoints, rows, reruns = merge_rows(runs)
+    excluded = parse_exclusions(args.exclude, runs)
+    checkpoints, rows, reruns = merge_rows(runs, excluded)
     first = next(iter(runs.values()))
     majority = first["majority"]
     summary = benchmark.summarise(rows, majority)
@@ -90,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sources": {name: {"command": run["command"], "training_runs_done": run["training_runs_done"],
                            "total_s": run["total_s"], "warmup_final_loss": run["warmup_final_loss"]}
                     for name, run in runs.items()},
+        "excluded": {name: sorted(groups) for name, groups in excluded.items()},
         "settings": {key: first["settings"][key] for key in (*SHARED_SETTINGS, "patch_grid", "allowed_budgets")},
         "majority": majority,
         "checkpoints": checkpoints,

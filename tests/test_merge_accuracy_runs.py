@@ -27,7 +27,7 @@ def row(checkpoint: str, group: str, budget: int, seed: int, overall: float) -> 
 
 def run_record(rows: list[dict], **setting_overrides) -> dict:
     settings = {key: 1 for key in merge.SHARED_SETTINGS} | {"patch_grid": 4, "allowed_budgets": [16, 4, 1]}
-    names = dict.fromkeys(r["checkpoint"] for r in rows)
+    names = {r["checkpoint"]: r["group"] for r in rows}
     return {
         "command": "python benchmarks/accuracy_vs_budget.py ...",
         "settings": settings | setting_overrides,
@@ -35,7 +35,7 @@ def run_record(rows: list[dict], **setting_overrides) -> dict:
         "total_s": 30.0,
         "warmup_final_loss": 0.5,
         "majority": MAJORITY,
-        "checkpoints": [{"name": name, "train_s": 10.0} for name in names],
+        "checkpoints": [{"name": name, "group": group, "train_s": 10.0} for name, group in names.items()],
         "rows": rows,
     }
 
@@ -86,3 +86,18 @@ def test_missing_run_and_overwriting_an_input_are_refused(results_dir):
         merge.main(["first", "no_such_run"])
     with pytest.raises(ValueError, match="is one of the inputs"):
         merge.main(["first", "--results_name", "first"])
+
+
+def test_excluded_groups_are_left_out_and_recorded(results_dir):
+    old = [row("tokenpacker_b1_s0", "tokenpacker", 1, 0, 0.2), row("delta_b1_s0", "delta", 1, 0, 0.4)]
+    write(results_dir, "before_fix", run_record(old))
+    write(results_dir, "after_fix", run_record([row("tokenpacker_b1_s0", "tokenpacker", 1, 0, 0.45)]))
+    payload = merge.main(["before_fix", "after_fix", "--exclude", "before_fix:tokenpacker"])
+    assert [(r["checkpoint"], r["source"]) for r in payload["rows"]] == [
+        ("delta_b1_s0", "before_fix"), ("tokenpacker_b1_s0", "after_fix")
+    ]
+    assert payload["reruns"] == [] and payload["excluded"] == {"before_fix": ["tokenpacker"]}
+    with pytest.raises(ValueError, match="has no 'avgpool' rows"):
+        merge.main(["before_fix", "after_fix", "--exclude", "before_fix:avgpool"])
+    with pytest.raises(ValueError, match="RUN:GROUP"):
+        merge.main(["before_fix", "after_fix", "--exclude", "elsewhere:tokenpacker"])

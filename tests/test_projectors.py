@@ -45,6 +45,20 @@ def test_invalid_call_time_budget_is_a_clear_error():
         model.get_image_features(torch.randn(1, 3, 48, 48), num_visual_tokens=10)
 
 
+def test_tokenpacker_starts_at_the_mlp_baselines_scale():
+    """At the CPU benchmarks' width (64) the 0.02-std init once made TokenPacker's tokens ~100x smaller than the
+    MLP's; its output norm keeps them within a small factor of it."""
+    torch.manual_seed(0)
+    norms = {}
+    for projector_type in ("tokenpacker", "avgpool"):
+        config = tiny_config(projector_type=projector_type, num_visual_tokens=4)
+        projector = DeltaLlavaForConditionalGeneration(config).model.multi_modal_projector
+        patches, memory = projector_inputs(config)
+        with torch.no_grad():
+            norms[projector_type] = projector(patches, memory, query_side=2).norm(dim=-1).mean().item()
+    assert 0.2 < norms["tokenpacker"] / norms["avgpool"] < 5, norms
+
+
 @pytest.mark.parametrize("projector_type", ["delta", "tokenpacker", "avgpool", "mlp2x_gelu"])
 def test_gradients_reach_every_projector_parameter(projector_type):
     torch.manual_seed(0)
