@@ -14,6 +14,7 @@ from .delta_projection import LowRankUpdate
 from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
 from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
 from .projector_delta import DeltaProjector
+from .projector_layers import ZeroInitLinear
 
 
 PROJECTOR_CLASSES = {
@@ -65,6 +66,10 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, ZeroInitLinear):  # before the generic Linear init, which would mark it initialised
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         if isinstance(module, LowRankUpdate):
             init.normal_(module.down, std=module.down.shape[1] ** -0.5)

@@ -41,9 +41,12 @@ class TokenPackerProjector(nn.Module):
     TokenPacker-style point-to-region projector: interpolated queries attend to the s x s patch region under them in
     the multi-level memory (levels concatenated along channels), then a LayerNorm and an MLP map to the LLM width.
 
-    The LayerNorm keeps the packed tokens at the MLP baseline's scale whatever the width: with the 0.02-std init of
-    transformers, five stacked narrow linears (64 wide in the CPU benchmarks) otherwise shrink the image tokens ~100x
-    below the text embeddings, and at 1 token the projector never learned to carry the printed word.
+    Two choices make it a fair baseline at small width (64 in the CPU benchmarks), where with the 0.02-std init of
+    transformers it did not learn at 1-4 tokens: the LayerNorm keeps the packed tokens at the MLP baseline's scale
+    (five stacked narrow linears otherwise shrink them ~150x), and the attention's output map starts at zero
+    (`zero_init_output`), so training starts from the pooled query, which carries what an
+    avg-pool token does; otherwise the uniform attention average over every level swamps it (a linear probe read the
+    printed word from the fresh 1-token output at 0.42 vs 0.99 from the query alone).
     """
 
     def __init__(self, config: DeltaLlavaConfig):
@@ -55,7 +58,9 @@ class TokenPackerProjector(nn.Module):
         self.query_mlp = nn.Sequential(nn.Linear(vision_width, width), ACT2FN[act], nn.Linear(width, width))
         self.key_mlp = nn.Sequential(nn.Linear(levels * vision_width, width), ACT2FN[act], nn.Linear(width, width))
         self.value_mlp = nn.Sequential(nn.Linear(levels * vision_width, width), ACT2FN[act], nn.Linear(width, width))
-        self.cross_attention = WindowedCrossAttention(width, width // config.projector_head_dim, window_size=1)
+        self.cross_attention = WindowedCrossAttention(
+            width, width // config.projector_head_dim, window_size=1, zero_init_output=True
+        )
         text_width = config.text_config.hidden_size
         self.output_norm = nn.LayerNorm(width)
         self.output_mlp = nn.Sequential(nn.Linear(width, text_width), ACT2FN[act], nn.Linear(text_width, text_width))

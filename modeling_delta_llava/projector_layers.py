@@ -12,6 +12,10 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 
+class ZeroInitLinear(nn.Linear):
+    """A Linear that `DeltaLlavaPreTrainedModel` initialises to zero: the residual branch it closes starts off."""
+
+
 def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     """(B, g*g, C) -> (B, C, g, g)."""
     batch, length, width = tokens.shape

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .projector_layers import merge_heads, split_heads
+from .projector_layers import ZeroInitLinear, merge_heads, split_heads
 
 
 def effective_window(query_side: int, window_size: int) -> int:
@@ -48,12 +48,12 @@ class WindowedCrossAttention(nn.Module):
     norm, the head split and the output map, and returns Y = Q + attention output.
     """
 
-    def __init__(self, width: int, num_heads: int, window_size: int):
+    def __init__(self, width: int, num_heads: int, window_size: int, zero_init_output: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
         self.query_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, width)
+        self.out = (ZeroInitLinear if zero_init_output else nn.Linear)(width, width)  # zero: starts as Y = Q
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """queries (B, g*g, d); keys, values (B, L, G*G, d) -> (B, g*g, d)."""

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_config
 from delta_llava import DeltaLlavaForConditionalGeneration
 from delta_llava.projector_delta import DeltaProjector
+from delta_llava.projector_layers import resize_tokens
 from delta_llava.windowed_cross_attention import WindowedCrossAttention, effective_window
 
 BUDGETS = [576, 144, 64, 36, 16, 9, 4, 1]
@@ -45,6 +46,16 @@ def test_invalid_call_time_budget_is_a_clear_error():
         model.get_image_features(torch.randn(1, 3, 48, 48), num_visual_tokens=10)
 
 
+def test_fresh_tokenpacker_is_the_pooled_querys_mlp():
+    torch.manual_seed(0)
+    config = tiny_config(projector_type="tokenpacker", num_visual_tokens=4)
+    projector = DeltaLlavaForConditionalGeneration(config).model.multi_modal_projector
+    patches, memory = projector_inputs(config)
+    with torch.no_grad():
+        expected = projector.project_extra_tokens(resize_tokens(patches, 2), "query")
+        torch.testing.assert_close(projector(patches, memory, query_side=2), expected)
+
+
 def test_tokenpacker_starts_at_the_mlp_baselines_scale():
     """At the CPU benchmarks' width (64) the 0.02-std init once made TokenPacker's tokens ~100x smaller than the
     MLP's; its output norm keeps them within a small factor of it."""
@@ -66,9 +77,9 @@ def test_gradients_reach_every_projector_parameter(projector_type):
     config = tiny_config(projector_type=projector_type, num_visual_tokens=budget, window_size=2)
     model = DeltaLlavaForConditionalGeneration(config)
     projector = model.model.multi_modal_projector
-    with torch.no_grad():  # move the zero-initialised U's off zero, as after a first step, so V gets gradient too
-        for name, parameter in projector.named_parameters():
-            if name.endswith(".up"):
+    with torch.no_grad():  # move the zero-initialised maps off zero, as after a first step, so what feeds them
+        for name, parameter in projector.named_parameters():  # gets gradient too (Delta's U, TokenPacker's out)
+            if name.endswith(".up") or name.startswith("cross_attention.out."):
                 parameter.normal_(std=0.02)
     input_ids = torch.tensor([[1, 5] + [config.image_token_id] * budget + [7, 8, 9]])
     model(input_ids=input_ids, pixel_values=torch.randn(1, 3, 48, 48), labels=input_ids).loss.backward()
