@@ -589,8 +589,9 @@ def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
     """Left: overall accuracy vs tokens per image (log x), one line per projector type, elastic dashed, seed std
     bars, the majority-answer level dotted. Right: the same per question type, each with its own majority level."""
     types = [name for name in majority if name != "overall"]
+    type_columns = math.ceil(len(types) / 2)
     figure = plt.figure(figsize=(15, 6))
-    layout = figure.add_gridspec(2, 2 + math.ceil(len(types) / 2), width_ratios=[2.2, 2.2] + [1.4] * math.ceil(len(types) / 2))
+    layout = figure.add_gridspec(2, 2 + type_columns, width_ratios=[2.2, 2.2] + [1.4] * type_columns)
     overall = figure.add_subplot(layout[:, :2])
     panels = [figure.add_subplot(layout[i % 2, 2 + i // 2]) for i in range(len(types))]
     ticks = sorted({*grid["allowed_budgets"]})

@@ -7,8 +7,9 @@ import torch
 
 from conftest import tiny_config
 from delta_llava import DeltaLlavaForConditionalGeneration
+from delta_llava.delta_projection import LowRankUpdate
 from delta_llava.projector_delta import DeltaProjector
-from delta_llava.projector_layers import resize_tokens
+from delta_llava.projector_layers import ZeroInitLinear, resize_tokens
 from delta_llava.windowed_cross_attention import WindowedCrossAttention, effective_window
 
 BUDGETS = [576, 144, 64, 36, 16, 9, 4, 1]
@@ -78,9 +79,11 @@ def test_gradients_reach_every_projector_parameter(projector_type):
     model = DeltaLlavaForConditionalGeneration(config)
     projector = model.model.multi_modal_projector
     with torch.no_grad():  # move the zero-initialised maps off zero, as after a first step, so what feeds them
-        for name, parameter in projector.named_parameters():  # gets gradient too (Delta's U, TokenPacker's out)
-            if name.endswith(".up") or name.startswith("cross_attention.out."):
-                parameter.normal_(std=0.02)
+        for module in projector.modules():  # gets gradient too (Delta's U, TokenPacker's attention output map)
+            if isinstance(module, LowRankUpdate):
+                module.up.normal_(std=0.02)
+            elif isinstance(module, ZeroInitLinear):
+                module.weight.normal_(std=0.02)
     input_ids = torch.tensor([[1, 5] + [config.image_token_id] * budget + [7, 8, 9]])
     model(input_ids=input_ids, pixel_values=torch.randn(1, 3, 48, 48), labels=input_ids).loss.backward()
     for name, parameter in projector.named_parameters():
