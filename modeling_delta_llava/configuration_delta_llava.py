@@ -5,6 +5,35 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 PROJECTOR_TYPES = ("delta", "mlp2x_gelu", "tokenpacker", "avgpool")
+DELTA_LAYOUTS = ("official", "shared_base")
+
+# Projector fields left at None take their layout's default. "official" is the authors' `Delta_LLaVA` module
+# (rank 16, cross-attention heads of 128 channels, a Next-ViT block with heads of 32, drop-path 0.1, no FFN
+# refinement); "shared_base" is this project's reading of the paper's text. Fields a layout has no use for stay None.
+LAYOUT_DEFAULTS = {
+    "official": {
+        "delta_rank": 16,
+        "projector_head_dim": 128,
+        "spatial_reduction": 1,
+        "ntb_head_dim": 32,
+        "drop_path_rate": 0.1,
+        "ffn_hidden_size": None,
+    },
+    "shared_base": {
+        "delta_rank": 64,
+        "projector_head_dim": 64,
+        "spatial_reduction": 2,
+        "ntb_head_dim": None,
+        "drop_path_rate": None,
+        "ffn_hidden_size": 4096,
+    },
+}
+# What each layout-specific field means, for the error raised when it is set for the other layout.
+LAYOUT_ONLY_FIELDS = {
+    "ntb_head_dim": ("official", "the head width of the authors' Next-ViT transformer block"),
+    "drop_path_rate": ("official", "the stochastic depth of the authors' Next-ViT transformer block"),
+    "ffn_hidden_size": ("shared_base", "the hidden width of the FFN refinement, which the official layout does not have"),
+}
 
 # Files of a saved checkpoint that hold these classes (the checkpoint folder is flat, so module names are file names).
 REMOTE_CODE_AUTO_MAP = {
@@ -32,6 +61,16 @@ def allowed_visual_token_counts(grid_size: int, projector_type: str = "delta") -
     return [(grid_size // step) ** 2 for step in range(1, grid_size + 1) if grid_size % step == 0]
 
 
+def ntb_channel_split(width: int, head_dim: int) -> tuple[int, int]:
+    """Channels of the Next-ViT block's attention and convolution branches: about 3/4 and 1/4 of `width`, the first
+    rounded to a multiple of `head_dim` the way Next-ViT rounds (never below 90% of 3/4). (768, 256) for 1024 and 32."""
+    target = 0.75 * width
+    attention_width = max(head_dim, int(target + head_dim / 2) // head_dim * head_dim)
+    if attention_width < 0.9 * target:
+        attention_width += head_dim
+    return attention_width, width - attention_width
+
+
 def default_memory_layers(num_hidden_layers: int) -> list[int]:
     """Hidden-state indices of the multi-level memory: TokenPacker's 12, 16, 22, 23 of 24, scaled to other depths."""
     n = num_hidden_layers
@@ -47,17 +86,27 @@ class DeltaLlavaConfig(PreTrainedConfig):
         text_config (`dict` or `PreTrainedConfig`): any causal language model (Llama/Vicuna, Qwen2, ...).
         image_token_id (`int`): id of the `<image>` placeholder token.
         projector_type (`str`): `"delta"`, `"mlp2x_gelu"` (LLaVA-1.5), `"tokenpacker"` or `"avgpool"`.
+        delta_layout (`str`): the `delta` projector's layout. `"official"` (default) computes what the authors'
+            public code computes (their `Delta_LLaVA` module; official checkpoints convert into it); `"shared_base"`
+            is this project's reading of the paper's text (one base matrix shared by every role, per-level memory
+            roles, a refinement stage before the query projection, FFN refinement). A `config.json` saved before
+            this field existed loads as `"shared_base"`, which is what it was trained with.
         num_visual_tokens (`int`): default budget V = g*g per image; every call can override it.
         vision_feature_layer (`int`): hidden-state index of the patch features (-2: second to last layer).
         memory_layers (`list[int]`): hidden-state indices of the multi-level memory; scaled from the tower depth
             when `None` (12, 16, 22, 23 for a 24-layer tower).
         projector_hidden_size (`int`): width d of the projector's attention stages.
-        delta_rank (`int`): rank r of each role's update to the shared base matrix. 64 keeps the updates at 1/16
-            of the base's parameters for C = d = 1024, while leaving each role room to specialise.
-        window_size (`int`): side w of the query windows of the cross-attention (1 = point-to-region).
-        ffn_hidden_size (`int`): hidden width of the final FFN refinement (4096 in the paper).
-        projector_head_dim (`int`): channels per attention head in the projector (heads = width / head_dim).
-        spatial_reduction (`int`): key/value pooling ratio sr of the efficient self-attention, used when g >= 2*sr.
+        delta_rank (`int`): rank r of each role's low-rank update (official: 16; shared_base: 64, which keeps the
+            updates at 1/16 of the shared base's parameters for C = d = 1024).
+        window_size (`int`): side w of the query windows of the cross-attention (1 = point-to-region, the only
+            value of the official layout).
+        ffn_hidden_size (`int`): hidden width of the final FFN refinement (shared_base only; 4096 in the paper).
+        projector_head_dim (`int`): channels per head of the projector's cross-attention (official: 128;
+            shared_base: 64, also its EMHSA/MHCA heads).
+        spatial_reduction (`int`): key/value pooling ratio sr of the efficient self-attention, used when g >= 2*sr
+            (official: 1, the authors' `sr_ratio`; shared_base: 2).
+        ntb_head_dim (`int`): channels per head of the official layout's Next-ViT block (32).
+        drop_path_rate (`float`): stochastic depth of the official layout's Next-ViT block while training (0.1).
         use_emhsa / use_delta_projection / use_transformer_block (`bool`): ablation switches (paper table 3).
         use_object_tokens (`bool`), max_object_tokens (`int`), use_global_token (`bool`): Mask-LLaVA tokens.
         projector_hidden_act (`str`): activation of the MLPs in the projectors.
@@ -85,15 +134,18 @@ class DeltaLlavaConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     projector_type: str = "delta"
+    delta_layout: str = "official"
     num_visual_tokens: int = 144
     vision_feature_layer: int = -2
     memory_layers: list[int] | None = None
     projector_hidden_size: int = 1024
-    delta_rank: int = 64
+    delta_rank: int | None = None
     window_size: int = 1
-    ffn_hidden_size: int = 4096
-    projector_head_dim: int = 64
-    spatial_reduction: int = 2
+    ffn_hidden_size: int | None = None
+    projector_head_dim: int | None = None
+    spatial_reduction: int | None = None
+    ntb_head_dim: int | None = None
+    drop_path_rate: float | None = None
     use_emhsa: bool = True
     use_delta_projection: bool = True
     use_transformer_block: bool = True
@@ -110,9 +162,29 @@ class DeltaLlavaConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
         if self.memory_layers is None:
             self.memory_layers = default_memory_layers(self.vision_config.num_hidden_layers)
+        if self.delta_layout in DELTA_LAYOUTS:
+            self.fill_layout_defaults()
         if self.auto_map is None:
             self.auto_map = dict(REMOTE_CODE_AUTO_MAP)
         self.validate_projector_settings()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A dict without `delta_layout` was saved before the official layout existed: it is a shared_base model."""
+        if "delta_layout" not in config_dict:
+            config_dict = {**config_dict, "delta_layout": "shared_base"}
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def uses_official_layout(self) -> bool:
+        return self.projector_type == "delta" and self.delta_layout == "official"
+
+    def fill_layout_defaults(self) -> None:
+        """Sets every layout-dependent field left at None (baselines take the shared_base widths)."""
+        layout = "official" if self.uses_official_layout else "shared_base"
+        for field, value in LAYOUT_DEFAULTS[layout].items():
+            if getattr(self, field) is None:
+                setattr(self, field, value)
 
     @property
     def patch_grid_size(self) -> int:
@@ -138,6 +210,8 @@ class DeltaLlavaConfig(PreTrainedConfig):
         """Raises a ValueError naming the field and the allowed values for any impossible setting."""
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type={self.projector_type!r} is unknown. Allowed values: {list(PROJECTOR_TYPES)}.")
+        if self.delta_layout not in DELTA_LAYOUTS:
+            raise ValueError(f"delta_layout={self.delta_layout!r} is unknown. Allowed values: {list(DELTA_LAYOUTS)}.")
         self.check_num_visual_tokens(self.num_visual_tokens)
         depth = self.vision_config.num_hidden_layers
         for field, layers in (("vision_feature_layer", [self.vision_feature_layer]), ("memory_layers", self.memory_layers)):
@@ -146,21 +220,17 @@ class DeltaLlavaConfig(PreTrainedConfig):
                     f"{field}={layers if field == 'memory_layers' else layers[0]!r} must be hidden-state indices "
                     f"of the {depth}-layer vision tower: integers in [{-depth - 1}, {depth}]."
                 )
-        positive = {
-            "projector_hidden_size": self.projector_hidden_size,
-            "delta_rank": self.delta_rank,
-            "window_size": self.window_size,
-            "ffn_hidden_size": self.ffn_hidden_size,
-            "projector_head_dim": self.projector_head_dim,
-            "spatial_reduction": self.spatial_reduction,
-        }
-        for field, value in positive.items():
+        positive = ["projector_hidden_size", "delta_rank", "window_size", "projector_head_dim", "spatial_reduction"]
+        positive += [field for field in ("ffn_hidden_size", "ntb_head_dim") if getattr(self, field) is not None]
+        for field in positive:
+            value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field}={value!r} must be a positive integer.")
         if isinstance(self.max_object_tokens, bool) or not isinstance(self.max_object_tokens, int) or self.max_object_tokens < 0:
             raise ValueError(f"max_object_tokens={self.max_object_tokens!r} must be an integer >= 0 (0 turns them off).")
         if self.projector_type != "delta":
             return
+        self.validate_layout_only_fields()
         vision_width = self.vision_config.hidden_size
         max_rank = min(vision_width, self.projector_hidden_size)
         if self.delta_rank > max_rank:
@@ -168,6 +238,47 @@ class DeltaLlavaConfig(PreTrainedConfig):
                 f"delta_rank={self.delta_rank} is larger than the widths it updates (vision width {vision_width}, "
                 f"projector_hidden_size {self.projector_hidden_size}). Allowed values: 1 to {max_rank}."
             )
+        if self.delta_layout == "official":
+            self.validate_official_layout()
+        else:
+            self.validate_shared_base_layout()
+
+    def validate_layout_only_fields(self) -> None:
+        for field, (layout, meaning) in LAYOUT_ONLY_FIELDS.items():
+            if layout != self.delta_layout and getattr(self, field) is not None:
+                raise ValueError(
+                    f"{field}={getattr(self, field)!r} is {meaning}; it applies to delta_layout={layout!r} only. "
+                    f"Leave it unset with delta_layout={self.delta_layout!r}."
+                )
+
+    def validate_official_layout(self) -> None:
+        """The authors' module: point-to-region attention, full E-MHSA, a Next-ViT block whose widths must split."""
+        for field, value in {"window_size": 1, "spatial_reduction": 1}.items():
+            if getattr(self, field) != value:
+                raise ValueError(
+                    f"{field}={getattr(self, field)} is not part of delta_layout='official' (the authors' module has "
+                    f"{field}={value}). Use delta_layout='shared_base' for windows or pooled self-attention."
+                )
+        rate = self.drop_path_rate
+        if isinstance(rate, bool) or not isinstance(rate, float | int) or not 0 <= rate < 1:
+            raise ValueError(f"drop_path_rate={rate!r} must be a number in [0, 1).")
+        if self.projector_hidden_size % self.projector_head_dim:
+            raise ValueError(
+                f"projector_hidden_size={self.projector_hidden_size} must be divisible by projector_head_dim="
+                f"{self.projector_head_dim} (the cross-attention's heads)."
+            )
+        vision_width = self.vision_config.hidden_size
+        attention_width, conv_width = ntb_channel_split(vision_width, self.ntb_head_dim)
+        if vision_width % 4 or conv_width < 1 or conv_width % self.ntb_head_dim:
+            raise ValueError(
+                f"vision_config.hidden_size={vision_width} with ntb_head_dim={self.ntb_head_dim} does not split into "
+                f"the Next-ViT block's attention and convolution branches (about 3/4 and 1/4, each a multiple of the "
+                f"head width; got {attention_width} and {conv_width}), or is not a multiple of 4 (2-D sine-cosine "
+                "positions). Pick an ntb_head_dim that divides a quarter of the vision width."
+            )
+
+    def validate_shared_base_layout(self) -> None:
+        vision_width = self.vision_config.hidden_size
         for field, width in (("vision_config.hidden_size", vision_width), ("projector_hidden_size", self.projector_hidden_size)):
             if width % self.projector_head_dim or width % 4:
                 raise ValueError(

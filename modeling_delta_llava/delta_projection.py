@@ -1,22 +1,35 @@
-"""DeltaProjection: one shared base matrix plus a low-rank update per role (paper eq. 4 and 8)."""
+"""DeltaProjection: a base matrix plus a low-rank update per role (paper eq. 4 and 8), in the two layouts.
+
+`DeltaProjection` (shared_base) shares one base matrix between every role; `NormalizedDeltaProjection` (official)
+is the authors' form: one role, its own base, GELU and LayerNorm after the product.
+"""
 
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
 
 
 class LowRankUpdate(nn.Module):
-    """The rank-r update x -> (x V) U^T of one role; U (`up`) starts at zero so a fresh role equals the base."""
+    """
+    The rank-r update x -> (x V) U^T of one role. With `starts_at_zero` U (`up`) is initialised to zero, so a fresh
+    role equals the base (shared_base); otherwise both factors are Xavier-uniform, as in the authors' module.
+    """
 
-    def __init__(self, in_features: int, out_features: int, rank: int):
+    def __init__(self, in_features: int, out_features: int, rank: int, starts_at_zero: bool = True):
         super().__init__()
+        self.starts_at_zero = starts_at_zero
         self.down = nn.Parameter(torch.empty(rank, in_features))  # V^T: (r, C)
         self.up = nn.Parameter(torch.empty(out_features, rank))  # U: (d, r)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(hidden_states, self.down), self.up)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as one (d, C) matrix, U V^T."""
+        return self.up @ self.down
 
 
 class DeltaProjection(nn.Module):
@@ -47,3 +60,24 @@ class DeltaProjection(nn.Module):
             return [self.independent[role](hidden_states) for role in roles]
         shared = self.base(hidden_states)
         return [shared + self.updates[role](hidden_states) for role in roles]
+
+
+class NormalizedDeltaProjection(nn.Module):
+    """
+    The authors' DeltaProjection of one role: y = LayerNorm(act(x (W_s + U V^T)^T)), W_s without bias, LayerNorm
+    eps 1e-6. The update is added to the base weight before the product (one matmul over the tokens; the (d, C)
+    update costs 2*d*r*C FLOPs, as in the authors' module). `use_delta=False` keeps W_s alone (the "no
+    DeltaProjection" ablation: each role is then a plain linear map).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, activation: str, use_delta: bool = True):
+        super().__init__()
+        self.base = nn.Linear(in_features, out_features, bias=False)
+        self.update = LowRankUpdate(in_features, out_features, rank, starts_at_zero=False) if use_delta else None
+        self.act = ACT2FN[activation]
+        self.norm = nn.LayerNorm(out_features, eps=1e-6)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., d)."""
+        weight = self.base.weight if self.update is None else self.base.weight + self.update.delta_weight()
+        return self.norm(self.act(F.linear(hidden_states, weight)))

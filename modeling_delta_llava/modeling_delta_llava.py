@@ -14,16 +14,24 @@ from .delta_projection import LowRankUpdate
 from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
 from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
 from .projector_delta import DeltaProjector
+from .projector_delta_official import OfficialDeltaProjector
 from .projector_layers import ZeroInitLinear
 
 
 PROJECTOR_CLASSES = {
-    "delta": DeltaProjector,
     "mlp2x_gelu": MlpProjector,
     "tokenpacker": TokenPackerProjector,
     "avgpool": AvgPoolProjector,
 }
+DELTA_PROJECTOR_CLASSES = {"official": OfficialDeltaProjector, "shared_base": DeltaProjector}
 PROJECTORS_READING_MEMORY = ("delta", "tokenpacker")
+
+
+def build_projector(config: DeltaLlavaConfig) -> nn.Module:
+    """The projector module for `config.projector_type` (and, for `delta`, `config.delta_layout`)."""
+    if config.projector_type == "delta":
+        return DELTA_PROJECTOR_CLASSES[config.delta_layout](config)
+    return PROJECTOR_CLASSES[config.projector_type](config)
 
 
 @dataclass
@@ -59,7 +67,9 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DeltaProjector", "TokenPackerProjector", "MlpProjector", "AvgPoolProjector"]
+    _no_split_modules = [
+        "OfficialDeltaProjector", "DeltaProjector", "TokenPackerProjector", "MlpProjector", "AvgPoolProjector"
+    ]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -71,9 +81,12 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
             return
         super()._init_weights(module)
-        if isinstance(module, LowRankUpdate):
+        if isinstance(module, LowRankUpdate) and module.starts_at_zero:
             init.normal_(module.down, std=module.down.shape[1] ** -0.5)
             init.zeros_(module.up)  # a fresh role starts exactly at the shared base
+        elif isinstance(module, LowRankUpdate):  # the authors' init: both factors Xavier-uniform
+            init.xavier_uniform_(module.down)
+            init.xavier_uniform_(module.up)
 
 
 class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
@@ -82,7 +95,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
     def __init__(self, config: DeltaLlavaConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
+        self.multi_modal_projector = build_projector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 

@@ -28,23 +28,47 @@ def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
     return grid.flatten(2).transpose(1, 2)
 
 
-def resize_tokens(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """Interp: area-resample (B, G*G, C) patch tokens to (B, side*side, C); the identity when the side is unchanged."""
+def resize_tokens(tokens: torch.Tensor, side: int, mode: str = "area") -> torch.Tensor:
+    """
+    Interp: resample (B, G*G, C) grid tokens to (B, side*side, C); the identity when the side is unchanged.
+    `mode="area"` averages each cell (shared_base); `"bilinear"` and `"bicubic"` (no antialiasing, corners not
+    aligned) are the authors' resizes of the patches and of the position table.
+    """
     if math.isqrt(tokens.shape[1]) == side:
         return tokens
-    return grid_to_tokens(F.interpolate(tokens_to_grid(tokens), size=(side, side), mode="area"))
+    align = None if mode == "area" else False
+    return grid_to_tokens(F.interpolate(tokens_to_grid(tokens), size=(side, side), mode=mode, align_corners=align))
 
 
-def sincos_position_embedding(side: int, width: int, device=None, dtype=None) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions for a side x side grid: (side*side, width), half the channels per axis."""
+def sincos_position_embedding(side: int, width: int, device=None, dtype=None, columns_first: bool = False) -> torch.Tensor:
+    """
+    Fixed 2-D sine-cosine positions for a side x side grid: (side*side, width), a quarter of the channels each for
+    sin/cos of the row and of the column index. `columns_first=True` puts the column's half first (the authors' table).
+    """
     quarter = width // 4
     frequencies = 1.0 / (10000.0 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
     coordinates = torch.arange(side, device=device, dtype=torch.float32)
     rows, cols = torch.meshgrid(coordinates, coordinates, indexing="ij")
     angles_rows = rows.reshape(-1, 1) * frequencies
     angles_cols = cols.reshape(-1, 1) * frequencies
-    table = torch.cat([angles_rows.sin(), angles_rows.cos(), angles_cols.sin(), angles_cols.cos()], dim=1)
-    return table.to(dtype)
+    halves = [torch.cat([angles.sin(), angles.cos()], dim=1) for angles in (angles_rows, angles_cols)]
+    return torch.cat(halves[::-1] if columns_first else halves, dim=1).to(dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch (B, ...): while training, drops the whole branch of a sample with
+    probability p and scales the kept ones by 1/(1-p); the identity in eval mode or with p = 0."""
+
+    def __init__(self, probability: float = 0.0):
+        super().__init__()
+        self.probability = probability
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.probability == 0.0:
+            return branch
+        keep = 1.0 - self.probability
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
+        return branch * mask / keep
 
 
 def split_heads(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -60,35 +84,43 @@ def merge_heads(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class MultiHeadConvAttention(nn.Module):
-    """MHCA: x + 1x1conv(ReLU(LN(grouped 3x3 conv(LN(x))))), groups = heads: local mixing with no dot products."""
+    """
+    MHCA: x + DropPath(1x1conv(ReLU(LN(grouped 3x3 conv(LN(x)))))), groups = heads: local mixing with no dot
+    products. The authors' block has no input LayerNorm and no conv biases (`input_norm=False, bias=False`).
+    """
 
-    def __init__(self, width: int, num_heads: int):
+    def __init__(self, width: int, num_heads: int, input_norm: bool = True, bias: bool = True, drop_path: float = 0.0):
         super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.grouped_conv = nn.Conv2d(width, width, kernel_size=3, padding=1, groups=num_heads)
+        self.norm = nn.LayerNorm(width) if input_norm else nn.Identity()
+        self.grouped_conv = nn.Conv2d(width, width, kernel_size=3, padding=1, groups=num_heads, bias=bias)
         self.conv_norm = nn.LayerNorm(width)
-        self.merge_heads = nn.Conv2d(width, width, kernel_size=1)
+        self.merge_heads = nn.Conv2d(width, width, kernel_size=1, bias=bias)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mixed = grid_to_tokens(self.grouped_conv(tokens_to_grid(self.norm(tokens))))
         mixed = torch.relu(self.conv_norm(mixed))
-        return tokens + grid_to_tokens(self.merge_heads(tokens_to_grid(mixed)))
+        return tokens + self.drop_path(grid_to_tokens(self.merge_heads(tokens_to_grid(mixed))))
 
 
 class EfficientSelfAttention(nn.Module):
     """
-    EMHSA: x + SDPA(LN(x)) with keys and values average-pooled by `spatial_reduction` when the grid side is at least
-    2 * spatial_reduction, which cuts the cost from N*N to N*N/sr^2 while every query still sees the whole grid.
+    EMHSA: x + DropPath(SDPA(LN(x))) with keys and values average-pooled by `spatial_reduction` when the grid side is
+    at least 2 * spatial_reduction, which cuts the cost from N*N to N*N/sr^2 while every query still sees the whole
+    grid. `double_norm=True` applies two LayerNorms in a row, as the authors' Next-ViT block does.
     """
 
-    def __init__(self, width: int, num_heads: int, spatial_reduction: int):
+    def __init__(
+        self, width: int, num_heads: int, spatial_reduction: int, drop_path: float = 0.0, double_norm: bool = False
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.spatial_reduction = spatial_reduction
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.Sequential(nn.LayerNorm(width), nn.LayerNorm(width)) if double_norm else nn.LayerNorm(width)
         self.query = nn.Linear(width, width)
         self.key_value = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         normed = self.norm(tokens)
@@ -102,21 +134,27 @@ class EfficientSelfAttention(nn.Module):
         attended = F.scaled_dot_product_attention(
             queries, split_heads(keys, self.num_heads), split_heads(values, self.num_heads)
         )
-        return tokens + self.out(merge_heads(attended))
+        return tokens + self.drop_path(self.out(merge_heads(attended)))
 
 
 class FeedForward(nn.Module):
-    """Pre-norm residual MLP: x + W2 act(W1 LN(x)) (the NTB's MLP and the final refinement, eq. 11)."""
+    """
+    Residual MLP: x + DropPath(W2 act(W1 LN(x))) (the NTB's MLP and the final refinement, eq. 11). The authors'
+    Next-ViT block uses it without the LayerNorm (`pre_norm=False`), with ReLU.
+    """
 
-    def __init__(self, width: int, hidden_size: int, activation: str = "gelu"):
+    def __init__(
+        self, width: int, hidden_size: int, activation: str = "gelu", pre_norm: bool = True, drop_path: float = 0.0
+    ):
         super().__init__()
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width) if pre_norm else nn.Identity()
         self.fc1 = nn.Linear(width, hidden_size)
         self.act = ACT2FN[activation]
         self.fc2 = nn.Linear(hidden_size, width)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens + self.fc2(self.act(self.fc1(self.norm(tokens))))
+        return tokens + self.drop_path(self.fc2(self.act(self.fc1(self.norm(tokens)))))
 
 
 class TransformerBlock(nn.Module):
