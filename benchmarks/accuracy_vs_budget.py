@@ -13,17 +13,19 @@ trains its own projector + LLM through `delta_llava.training.train.train` (TRL's
 tower's features cached, for the same `--max_steps`, batch, learning rate and schedule; only the training seed
 (projector initialisation, data order, elastic draws) changes between seeds. Rows (`--rows`):
 
-- delta: the Delta projector, one checkpoint per budget in `--budgets` (default 144 36 16 4 1, the issue's list,
+- delta: the Delta projector in the shared_base layout (this project's reading of the paper's text), one checkpoint
+  per budget in `--budgets` (default 144 36 16 4 1, the issue's list,
   keeping the budgets the patch grid allows: g*g with g dividing the grid; the 12x12 grid of the default
   96 px / 8 px patches allows 144 36 16 9 4 1, so 144 is its full grid and 64 is impossible; a 24x24 grid, e.g.
   `--image_size 192 --patch_size 8`, allows 576 144 64 36 16 9 4 1);
+- official: the Delta projector in the official layout (the authors' module), at the same budgets as delta;
 - mlp: LLaVA-1.5's MLP at the full grid (144 on 12x12, 576 on 24x24);
 - tokenpacker, avgpool: the baselines at the same budgets as delta, or at `--baseline_budgets`;
-- ablations: the paper's three (no EMHSA, no DeltaProjection, no transformer block) at `--ablation_budget`
+- ablations (shared_base): the paper's three (no EMHSA, no DeltaProjection, no transformer block) at `--ablation_budget`
   (default: the largest allowed budget below the full grid: 36 on 12x12, 144 on 24x24); the delta row at that
   budget is the full model;
-- elastic: one Delta checkpoint trained with `elastic_budgets` = the delta budgets, evaluated at each of them;
-- objects: Mask-LLaVA object tokens on a Delta checkpoint at `--object_budget`. The synthetic set has no masks, so
+- elastic (shared_base): one Delta checkpoint trained with `elastic_budgets` = the delta budgets, evaluated at each of them;
+- objects (shared_base): Mask-LLaVA object tokens on a Delta checkpoint at `--object_budget`. The synthetic set has no masks, so
   they are built from the scene layout: each non-empty grid cell's box is one object mask, objects ordered by their
   drawn (non-background) pixel count, largest first (ties: reading order), then the background (the empty cells).
   Trained with every mask kept, then evaluated keeping k = all, half, a quarter and none of them.
@@ -73,7 +75,7 @@ from delta_llava.processing.precompute_object_masks import OBJECT_MASKS_COLUMN, 
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
 from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
 from delta_llava.training.quickstart import (  # noqa: E402
-    SMALL_PROJECTOR,
+    small_projector,
     QuickStartArguments,
     build_language_model,
     build_tokenizer,
@@ -86,7 +88,7 @@ from delta_llava.training.vision_feature_cache import cached_vision_tower  # noq
 from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
 
 QUICK_START = QuickStartArguments()  # every training setting defaults to the quick start's
-ROW_GROUPS = ("delta", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
+ROW_GROUPS = ("delta", "official", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
 SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
 ABLATIONS = {
@@ -94,7 +96,10 @@ ABLATIONS = {
     "no DeltaProjection": {"use_delta_projection": False},
     "no transformer block": {"use_transformer_block": False},
 }
-PROJECTOR_TYPES = {"delta": "delta", "mlp": "mlp2x_gelu", "tokenpacker": "tokenpacker", "avgpool": "avgpool"}
+PROJECTOR_TYPES = {
+    "delta": "delta", "official": "delta", "mlp": "mlp2x_gelu", "tokenpacker": "tokenpacker", "avgpool": "avgpool"
+}
+SERIES_LABELS = {"official": "delta official"}  # a group's row label when it is not the group's name
 TEMPLATE_TOKENS = 6  # BOS, "USER:", ":" ..., "ASSISTANT:", EOS around question and answer (for the time estimate)
 
 
@@ -173,6 +178,7 @@ class Job:
     elastic_budgets: list[int] | None = None
     use_object_tokens: bool = False
     max_object_tokens: int | None = None
+    delta_layout: str = "shared_base"  # the layout every delta row before the official one was measured with
 
 
 def grid_budgets(args) -> dict:
@@ -225,11 +231,13 @@ def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
 
     for group in dict.fromkeys(args.rows):  # in the order given, so a cut-short run has the rows asked first
         for seed in seeds_for(group):
-            if group in ("delta", "tokenpacker", "avgpool"):
-                for budget in budgets if group == "delta" else grid["baseline_budgets"]:
+            if group in ("delta", "official", "tokenpacker", "avgpool"):
+                layout = "official" if group == "official" else "shared_base"
+                label = SERIES_LABELS.get(group, group)
+                for budget in budgets if group in ("delta", "official") else grid["baseline_budgets"]:
                     jobs.append(
                         Job(group, f"{group}_b{budget}_s{seed}", PROJECTOR_TYPES[group], budget, seed,
-                            [Evaluation(group, budget)])
+                            [Evaluation(label, budget)], delta_layout=layout)
                     )
             elif group == "mlp":
                 budget = grid["full_grid"]
@@ -332,7 +340,7 @@ def model_arguments(job: Job, work: Path) -> DeltaLlavaModelArguments:
         "elastic_budgets": job.elastic_budgets,
         "cache_vision_features": True,
         "use_object_tokens": job.use_object_tokens,
-        **SMALL_PROJECTOR,
+        **small_projector(job.projector_type, job.delta_layout),
         **job.overrides,
     }
     if job.max_object_tokens is not None:
@@ -554,6 +562,7 @@ def print_summary(summary: list[dict], majority: dict) -> None:
 
 SERIES_STYLE = {
     "delta": {"color": "C0", "marker": "o", "linestyle": "-"},
+    "delta official": {"color": "C8", "marker": "P", "linestyle": "-"},
     "tokenpacker": {"color": "C1", "marker": "s", "linestyle": "-"},
     "avgpool": {"color": "C2", "marker": "^", "linestyle": "-"},
     "elastic": {"color": "C0", "marker": "o", "linestyle": "--", "markerfacecolor": "white"},
@@ -627,7 +636,7 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--ablation_budget", type=int, default=None, help="default: largest budget below the full grid")
     parser.add_argument("--object_budget", type=int, default=None, help="default: smallest budget above 1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="e.g. 0 1 2 for a spread (3x the time)")
-    parser.add_argument("--seeded_rows", nargs="*", choices=ROW_GROUPS, default=["delta", "mlp", "ablations"],
+    parser.add_argument("--seeded_rows", nargs="*", choices=ROW_GROUPS, default=["delta", "official", "mlp", "ablations"],
                         help="row groups run with every seed; the others run with the first seed only")
     parser.add_argument("--train_samples", type=int, default=QUICK_START.train_samples)
     parser.add_argument("--test_samples", type=int, default=QUICK_START.test_samples)

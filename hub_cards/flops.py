@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModel
 
 from delta_llava import DeltaLlavaConfig
-from delta_llava.modeling_delta_llava import PROJECTOR_CLASSES
+from delta_llava.modeling_delta_llava import build_projector
 from delta_llava.projector_baselines import MlpProjector
 
 DEFAULT_TEXT_TOKENS = 64
@@ -50,7 +50,7 @@ class InferenceCost:
             self.vision_tower = AutoModel.from_config(config.vision_config)
             self.language_model = AutoModel.from_config(config.text_config)
             self.baseline_projector = MlpProjector(config)
-            self.projector = PROJECTOR_CLASSES[config.projector_type](config)
+            self.projector = build_projector(config)
         self.vision_flops = self._count(self._run_vision_tower)
 
     def at_budget(self, num_visual_tokens: int) -> InferenceFlops:

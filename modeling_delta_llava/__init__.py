@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from .configuration_delta_llava import DeltaLlavaConfig
 from .conversion import convert_llava_to_delta_llava
 from .modeling_delta_llava import DeltaLlavaForConditionalGeneration, DeltaLlavaModel, DeltaLlavaPreTrainedModel
+from .official_weights import convert_official_projector_weights
 from .processing import DeltaLlavaProcessor
 
 # Installed users get the Auto classes without trust_remote_code; saved checkpoints still carry their code.
@@ -20,4 +21,5 @@ __all__ = [
     "DeltaLlavaForConditionalGeneration",
     "DeltaLlavaProcessor",
     "convert_llava_to_delta_llava",
+    "convert_official_projector_weights",
 ]

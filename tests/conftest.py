@@ -41,6 +41,19 @@ def tiny_text_config(**overrides) -> dict:
     return config
 
 
+# Widths of each delta layout at the tiny vision width 32 (the official Next-ViT block splits it 24 + 8).
+TINY_LAYOUT_SIZES = {"official": {"ntb_head_dim": 8}, "shared_base": {"ffn_hidden_size": 64}}
+DELTA_LAYOUTS = list(TINY_LAYOUT_SIZES)
+
+
+def tiny_projector_sizes(projector_type: str = "delta", delta_layout: str = "official") -> dict:
+    """The projector widths of the tiny configs; layout-only sizes are set for the `delta` projector only."""
+    sizes = {"projector_hidden_size": 32, "projector_head_dim": 16, "delta_rank": 4}
+    if projector_type == "delta":
+        sizes.update(TINY_LAYOUT_SIZES.get(delta_layout, {}))
+    return sizes
+
+
 def tiny_config(**overrides) -> DeltaLlavaConfig:
     """A DeltaLlavaConfig small enough for CPU unit tests; keyword arguments override projector fields."""
     settings = {
@@ -48,10 +61,7 @@ def tiny_config(**overrides) -> DeltaLlavaConfig:
         "text_config": tiny_text_config(),
         "image_token_id": TINY_IMAGE_TOKEN_ID,
         "num_visual_tokens": 16,
-        "projector_hidden_size": 32,
-        "projector_head_dim": 16,
-        "delta_rank": 4,
-        "ffn_hidden_size": 64,
+        **tiny_projector_sizes(overrides.get("projector_type", "delta"), overrides.get("delta_layout", "official")),
     }
     settings.update(overrides)
     return DeltaLlavaConfig(**settings)

@@ -7,15 +7,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import tiny_config, tiny_text_config, tiny_vision_config
+from conftest import tiny_config, tiny_projector_sizes, tiny_text_config, tiny_vision_config
 from delta_llava import DeltaLlavaForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import flops_real_size  # noqa: E402
 import speed_cpu  # noqa: E402
 from measure import count_flops  # noqa: E402
-
-SMALL_PROJECTOR = {"projector_hidden_size": 32, "projector_head_dim": 16, "delta_rank": 4, "ffn_hidden_size": 64}
 
 
 def tiny_for(projector_type: str, budget: int):
@@ -112,7 +110,7 @@ def one_thread():
 
 def small_speed_config(projector_type: str, **overrides):
     return speed_cpu.speed_config(
-        projector_type, tiny_text_config(), tiny_vision_config(), **SMALL_PROJECTOR, **overrides
+        projector_type, tiny_text_config(), tiny_vision_config(), **tiny_projector_sizes(projector_type), **overrides
     )
 
 

@@ -10,7 +10,20 @@ def test_defaults_are_the_paper_setting():
     assert config.patch_grid_size == 24
     assert config.memory_layers == [12, 16, 22, 23]
     assert config.allowed_visual_token_counts() == [576, 144, 64, 36, 16, 9, 4, 1]
-    assert (config.projector_hidden_size, config.delta_rank, config.ffn_hidden_size) == (1024, 64, 4096)
+    assert config.delta_layout == "official"
+    assert (config.projector_hidden_size, config.delta_rank, config.projector_head_dim) == (1024, 16, 128)
+    assert config.ffn_hidden_size is None  # the authors' module has no FFN refinement
+
+
+def test_shared_base_keeps_its_own_defaults():
+    config = DeltaLlavaConfig(delta_layout="shared_base")
+    assert (config.delta_rank, config.projector_head_dim, config.ffn_hidden_size, config.spatial_reduction) == (64, 64, 4096, 2)
+    assert (config.ntb_head_dim, config.drop_path_rate) == (None, None)
+
+
+def test_baselines_keep_the_widths_they_had_before_the_official_layout():
+    config = DeltaLlavaConfig(projector_type="tokenpacker")
+    assert (config.projector_head_dim, config.ffn_hidden_size) == (64, 4096)
     assert config.auto_map["AutoModelForImageTextToText"] == "modeling_delta_llava.DeltaLlavaForConditionalGeneration"
 
 
@@ -35,7 +48,18 @@ def test_mlp_projector_only_allows_the_full_grid():
         ({"delta_rank": 33}, r"delta_rank=33 is larger than the widths .*Allowed values: 1 to 32"),
         ({"delta_rank": 0}, r"delta_rank=0 must be a positive integer"),
         ({"window_size": 0}, r"window_size=0 must be a positive integer"),
-        ({"projector_head_dim": 12}, r"vision_config.hidden_size=32 must be divisible by projector_head_dim=12"),
+        (
+            {"delta_layout": "shared_base", "projector_head_dim": 12, "ffn_hidden_size": 64},
+            r"vision_config.hidden_size=32 must be divisible by projector_head_dim=12",
+        ),
+        ({"projector_head_dim": 12}, r"projector_hidden_size=32 must be divisible by projector_head_dim=12"),
+        ({"delta_layout": "paper"}, r"delta_layout='paper' is unknown. Allowed values: \['official', 'shared_base'\]"),
+        ({"window_size": 2}, r"window_size=2 is not part of delta_layout='official' .*delta_layout='shared_base'"),
+        ({"spatial_reduction": 2}, r"spatial_reduction=2 is not part of delta_layout='official'"),
+        ({"ffn_hidden_size": 64}, r"ffn_hidden_size=64 is the hidden width of the FFN refinement.*'shared_base' only"),
+        ({"delta_layout": "shared_base", "ntb_head_dim": 8}, r"ntb_head_dim=8 is the head width .*'official' only"),
+        ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0 must be a number in \[0, 1\)"),
+        ({"ntb_head_dim": 16}, r"vision_config.hidden_size=32 with ntb_head_dim=16 does not split .*got 32 and 0"),
         ({"memory_layers": [1, 9]}, r"memory_layers=\[1, 9\] must be hidden-state indices of the 4-layer .*\[-5, 4\]"),
         ({"memory_layers": []}, r"memory_layers=\[\] must be hidden-state indices"),
         ({"vision_feature_layer": 7}, r"vision_feature_layer=7 must be hidden-state indices"),
@@ -55,9 +79,10 @@ def test_call_time_budget_check_names_the_allowed_values():
 
 
 def test_round_trip_through_dict_keeps_every_field(tmp_path):
-    config = tiny_config(window_size=2, use_emhsa=False, use_object_tokens=True, max_object_tokens=3)
+    config = tiny_config(drop_path_rate=0.2, use_emhsa=False, use_object_tokens=True, max_object_tokens=3)
     config.save_pretrained(tmp_path)
     loaded = DeltaLlavaConfig.from_pretrained(tmp_path)
-    for field in ("window_size", "use_emhsa", "use_object_tokens", "max_object_tokens", "memory_layers", "auto_map"):
+    fields = ("delta_layout", "drop_path_rate", "ntb_head_dim", "use_emhsa", "use_object_tokens", "max_object_tokens")
+    for field in (*fields, "memory_layers", "auto_map"):
         assert getattr(loaded, field) == getattr(config, field)
     assert loaded.vision_config.hidden_size == 32 and loaded.text_config.hidden_size == 48

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from conftest import TINY_IMAGE_TOKEN_ID, tiny_text_config, tiny_vision_config
+from conftest import TINY_IMAGE_TOKEN_ID, tiny_projector_sizes, tiny_text_config, tiny_vision_config
 from delta_llava import convert_llava_to_delta_llava
 
 
@@ -43,13 +43,13 @@ def test_mlp_projector_gives_llava_logits(tmp_path, from_folder):
 def test_delta_projector_starts_fresh_on_llava_towers():
     llava = tiny_llava()
     converted = convert_llava_to_delta_llava(
-        llava, projector_type="delta", num_visual_tokens=144, projector_hidden_size=32, projector_head_dim=16, delta_rank=4
+        llava, projector_type="delta", num_visual_tokens=144, **tiny_projector_sizes()
     )
     llava_state = llava.state_dict()
     converted_state = converted.state_dict()
     carried = [name for name in llava_state if not name.startswith("model.multi_modal_projector.")]
     assert carried and all(torch.equal(llava_state[n], converted_state[n]) for n in carried)
-    assert any(n.endswith("delta_projection.base.weight") for n in converted_state)
+    assert any(n.endswith("query_projection.base.weight") for n in converted_state)
     input_ids = torch.tensor([[1, 5] + [TINY_IMAGE_TOKEN_ID] * 144 + [7]])
     with torch.no_grad():
         logits = converted(input_ids=input_ids, pixel_values=torch.randn(1, 3, 48, 48)).logits

@@ -109,8 +109,9 @@ def test_bf16_forward():
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
 
 
-def test_save_load_round_trip_is_exact(tmp_path):
-    model = make_model(window_size=2)
+@pytest.mark.parametrize("settings", [{}, {"delta_layout": "shared_base", "window_size": 2}])
+def test_save_load_round_trip_is_exact(tmp_path, settings):
+    model = make_model(**settings)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded = DeltaLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
@@ -126,7 +127,7 @@ def test_device_map_auto_and_sdpa(tmp_path):
     loaded = DeltaLlavaForConditionalGeneration.from_pretrained(tmp_path, device_map="auto", attn_implementation="sdpa")
     assert loaded.config.text_config._attn_implementation == "sdpa"
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
-    assert "DeltaProjector" in loaded._no_split_modules
+    assert {"OfficialDeltaProjector", "DeltaProjector"} <= set(loaded._no_split_modules)
 
 
 def test_base_model_returns_hidden_states():

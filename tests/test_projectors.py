@@ -22,10 +22,13 @@ def projector_inputs(config, batch=2):
     return torch.randn(batch, grid * grid, width), torch.randn(batch, levels, grid * grid, width)
 
 
-@pytest.mark.parametrize("projector_type", ["delta", "tokenpacker", "avgpool"])
-def test_every_budget_with_the_same_weights(projector_type):
+@pytest.mark.parametrize(
+    "projector_type, layout", [("delta", "official"), ("delta", "shared_base"), ("tokenpacker", None), ("avgpool", None)]
+)
+def test_every_budget_with_the_same_weights(projector_type, layout):
     torch.manual_seed(0)
-    model = DeltaLlavaForConditionalGeneration(tiny_config(projector_type=projector_type)).eval()
+    layout_setting = {"delta_layout": layout} if layout else {}
+    model = DeltaLlavaForConditionalGeneration(tiny_config(projector_type=projector_type, **layout_setting)).eval()
     pixel_values = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         for budget in BUDGETS:
@@ -71,12 +74,21 @@ def test_tokenpacker_starts_at_the_mlp_baselines_scale():
     assert 0.2 < norms["tokenpacker"] / norms["avgpool"] < 5, norms
 
 
-@pytest.mark.parametrize("projector_type", ["delta", "tokenpacker", "avgpool", "mlp2x_gelu"])
-def test_gradients_reach_every_projector_parameter(projector_type):
+@pytest.mark.parametrize(
+    "projector_type, settings",
+    [
+        ("delta", {"delta_layout": "official", "use_object_tokens": True, "use_global_token": True}),
+        ("delta", {"delta_layout": "shared_base", "window_size": 2}),
+        ("tokenpacker", {}),
+        ("avgpool", {}),
+        ("mlp2x_gelu", {}),
+    ],
+)
+def test_gradients_reach_every_projector_parameter(projector_type, settings):
     torch.manual_seed(0)
     budget = 576 if projector_type == "mlp2x_gelu" else 16
-    config = tiny_config(projector_type=projector_type, num_visual_tokens=budget, window_size=2)
-    model = DeltaLlavaForConditionalGeneration(config)
+    config = tiny_config(projector_type=projector_type, num_visual_tokens=budget, **settings)
+    model = DeltaLlavaForConditionalGeneration(config).eval()  # eval: no drop-path, so no branch is skipped
     projector = model.model.multi_modal_projector
     with torch.no_grad():  # move the zero-initialised maps off zero, as after a first step, so what feeds them
         for module in projector.modules():  # gets gradient too (Delta's U, TokenPacker's attention output map)
@@ -84,8 +96,12 @@ def test_gradients_reach_every_projector_parameter(projector_type):
                 module.up.normal_(std=0.02)
             elif isinstance(module, ZeroInitLinear):
                 module.weight.normal_(std=0.02)
-    input_ids = torch.tensor([[1, 5] + [config.image_token_id] * budget + [7, 8, 9]])
-    model(input_ids=input_ids, pixel_values=torch.randn(1, 3, 48, 48), labels=input_ids).loss.backward()
+    extra = config.use_global_token + (2 if config.use_object_tokens else 0)
+    masks = torch.zeros(1, 2, 48, 48)
+    masks[0, 0, :24], masks[0, 1, 24:] = 1, 1
+    input_ids = torch.tensor([[1, 5] + [config.image_token_id] * (budget + extra) + [7, 8, 9]])
+    pixel_values = torch.randn(1, 3, 48, 48)
+    model(input_ids=input_ids, pixel_values=pixel_values, object_masks=masks, labels=input_ids).loss.backward()
     for name, parameter in projector.named_parameters():
         assert parameter.grad is not None, f"{name} got no gradient"
         assert parameter.grad.abs().sum() > 0, f"{name} got a zero gradient"
@@ -93,7 +109,7 @@ def test_gradients_reach_every_projector_parameter(projector_type):
 
 def test_shared_base_is_one_tensor_and_fresh_deltas_are_zero():
     torch.manual_seed(0)
-    config = tiny_config()
+    config = tiny_config(delta_layout="shared_base")
     projection = DeltaLlavaForConditionalGeneration(config).model.multi_modal_projector.delta_projection
     full_matrices = [n for n, p in projection.named_parameters() if p.shape == (32, 32)]
     assert full_matrices == ["base.weight"]
@@ -113,7 +129,7 @@ def test_shared_base_is_one_tensor_and_fresh_deltas_are_zero():
 
 def test_updates_are_rank_limited():
     torch.manual_seed(0)
-    projection = DeltaLlavaForConditionalGeneration(tiny_config(delta_rank=3)).model.multi_modal_projector.delta_projection
+    projection = DeltaLlavaForConditionalGeneration(tiny_config(delta_layout="shared_base", delta_rank=3)).model.multi_modal_projector.delta_projection
     update = projection.updates["query"]
     with torch.no_grad():
         update.up.normal_()
@@ -177,7 +193,7 @@ def test_window_size_changes_what_a_query_sees():
 
 
 def parameter_names(**overrides):
-    return {name for name, _ in DeltaProjector(tiny_config(**overrides)).named_parameters()}
+    return {name for name, _ in DeltaProjector(tiny_config(delta_layout="shared_base", **overrides)).named_parameters()}
 
 
 def test_no_emhsa_removes_exactly_the_self_attention_blocks():
@@ -195,7 +211,7 @@ def test_no_transformer_block_removes_exactly_the_block():
 def test_no_delta_projection_uses_independent_full_maps():
     full, plain = parameter_names(), parameter_names(use_delta_projection=False)
     assert {n for n in full ^ plain} == {n for n in full | plain if n.startswith("delta_projection.")}
-    projector = DeltaProjector(tiny_config(use_delta_projection=False))
+    projector = DeltaProjector(tiny_config(delta_layout="shared_base", use_delta_projection=False))
     assert not hasattr(projector.delta_projection, "base")
     assert all(linear.weight.shape == (32, 32) for linear in projector.delta_projection.independent.values())
 

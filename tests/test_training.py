@@ -169,7 +169,7 @@ def test_two_process_ddp_ends_with_the_same_weights_on_both_ranks(parts, tmp_pat
     assert all(rank["num_processes"] == 2 and rank["backend"] == "gloo" for rank in ranks)
     set_seed(0)  # what train() does before building, so this is the starting point of both ranks
     initial, _ = build_model_and_processor(model_arguments(parts))
-    projector = "model.multi_modal_projector.output_map.weight"
+    projector = "model.multi_modal_projector.output_mlp.0.weight"
     assert not torch.equal(ranks[0]["weights"][projector], initial.state_dict()[projector])  # real steps were taken
     for name, tensor in ranks[0]["weights"].items():
         torch.testing.assert_close(tensor, ranks[1]["weights"][name], rtol=0, atol=0, msg=name)

@@ -6,6 +6,7 @@ import torch
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig
 
+from conftest import tiny_projector_sizes
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
 from delta_llava.training.local_tokenizer import build_word_level_tokenizer
 from delta_llava.training.synthetic_vqa import make_synthetic_vqa, word_vocabulary
@@ -50,10 +51,7 @@ def model_arguments(parts: dict[str, str], **overrides) -> DeltaLlavaModelArgume
         "vision_tower": parts["vision_tower"],
         "language_model": parts["language_model"],
         "num_visual_tokens": 16,
-        "projector_hidden_size": 32,
-        "projector_head_dim": 16,
-        "delta_rank": 4,
-        "ffn_hidden_size": 64,
+        **tiny_projector_sizes(overrides.get("projector_type", "delta"), overrides.get("delta_layout") or "official"),
     }
     settings.update(overrides)
     return DeltaLlavaModelArguments(**settings)

@@ -17,16 +17,26 @@ class DeltaLlavaModelArguments:
     language_model: str | None = field(default=None, metadata={"help": "Causal LM id, e.g. lmsys/vicuna-7b-v1.5."})
     stage: str = field(default="finetune", metadata={"help": "pretrain (projector only) or finetune (projector + LLM)."})
     projector_type: str = field(default="delta", metadata={"help": "delta, mlp2x_gelu, tokenpacker or avgpool."})
+    delta_layout: str | None = field(
+        default=None,
+        metadata={"help": "official (the authors' module, the config default) or shared_base (the paper's text)."},
+    )
     num_visual_tokens: int = field(default=144, metadata={"help": "Default visual token budget per image."})
     elastic_budgets: list[int] | None = field(
         default=None, metadata={"help": "Draw the budget of each batch from these (one checkpoint, every budget)."}
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Hidden-state index of the patch features."})
     projector_hidden_size: int | None = field(default=None, metadata={"help": "Projector width d (config default 1024)."})
-    delta_rank: int | None = field(default=None, metadata={"help": "Rank r of the Delta updates (config default 64)."})
+    delta_rank: int | None = field(
+        default=None, metadata={"help": "Rank r of the Delta updates (default 16 official, 64 shared_base)."}
+    )
     window_size: int | None = field(default=None, metadata={"help": "Cross-attention window side w (default 1)."})
-    ffn_hidden_size: int | None = field(default=None, metadata={"help": "FFN refinement width (default 4096)."})
-    projector_head_dim: int | None = field(default=None, metadata={"help": "Channels per projector head (default 64)."})
+    ffn_hidden_size: int | None = field(default=None, metadata={"help": "FFN refinement width (shared_base; 4096)."})
+    projector_head_dim: int | None = field(
+        default=None, metadata={"help": "Channels per cross-attention head (default 128 official, 64 shared_base)."}
+    )
+    ntb_head_dim: int | None = field(default=None, metadata={"help": "Next-ViT block head width (official; 32)."})
+    drop_path_rate: float | None = field(default=None, metadata={"help": "Next-ViT block drop-path (official; 0.1)."})
     use_emhsa: bool = field(default=True, metadata={"help": "Ablation switch: keep the EMHSA blocks."})
     use_delta_projection: bool = field(default=True, metadata={"help": "Ablation switch: shared base + low rank."})
     use_transformer_block: bool = field(default=True, metadata={"help": "Ablation switch: keep the NTB."})

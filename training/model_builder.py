@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 PROJECTOR_FIELDS = (
     "projector_type",
+    "delta_layout",
     "num_visual_tokens",
     "vision_feature_layer",
     "projector_hidden_size",
@@ -30,6 +31,8 @@ PROJECTOR_FIELDS = (
     "window_size",
     "ffn_hidden_size",
     "projector_head_dim",
+    "ntb_head_dim",
+    "drop_path_rate",
     "use_emhsa",
     "use_delta_projection",
     "use_transformer_block",

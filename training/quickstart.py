@@ -39,7 +39,17 @@ from .vision_warmup import warm_up_vision_tower
 from .vqa_metrics import majority_baseline
 
 
-SMALL_PROJECTOR = {"projector_hidden_size": 64, "projector_head_dim": 16, "delta_rank": 16, "ffn_hidden_size": 256}
+# The quick start's delta projector is the shared_base layout, the one its recorded results were measured with.
+QUICK_START_LAYOUT = "shared_base"
+
+
+def small_projector(projector_type: str = "delta", delta_layout: str = QUICK_START_LAYOUT) -> dict:
+    """Projector widths for the CPU runs (tower width 64); layout-only sizes are set for the delta projector only."""
+    sizes = {"projector_hidden_size": 64, "projector_head_dim": 16, "delta_rank": 16}
+    if projector_type == "delta":
+        sizes["delta_layout"] = delta_layout
+        sizes.update({"shared_base": {"ffn_hidden_size": 256}, "official": {"ntb_head_dim": 16}}[delta_layout])
+    return sizes
 
 
 def small_training_config(
@@ -174,7 +184,7 @@ def run(args: QuickStartArguments) -> dict:
         num_visual_tokens=args.train_budget,
         elastic_budgets=args.elastic_budgets or None,
         cache_vision_features=True,
-        **SMALL_PROJECTOR,
+        **small_projector(),
     )
     data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
     training_args = small_training_config(

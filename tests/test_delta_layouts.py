@@ -1,0 +1,124 @@
+"""The two delta layouts side by side: what each computes, what each ablation switch means, and old checkpoints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DELTA_LAYOUTS, tiny_config
+from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
+from delta_llava.projector_delta import DeltaProjector
+from delta_llava.projector_delta_official import OfficialDeltaProjector, PointToRegionAttention
+
+LEGACY_CHECKPOINT = Path(__file__).parent / "fixtures" / "shared_base_checkpoint_v0"
+
+
+def official_projector(**overrides) -> OfficialDeltaProjector:
+    return OfficialDeltaProjector(tiny_config(**overrides))
+
+
+def test_a_checkpoint_saved_before_the_layouts_loads_as_shared_base_with_the_same_logits():
+    assert "delta_layout" not in (LEGACY_CHECKPOINT / "config.json").read_text()
+    model = DeltaLlavaForConditionalGeneration.from_pretrained(LEGACY_CHECKPOINT).eval()
+    assert model.config.delta_layout == "shared_base"
+    assert isinstance(model.model.multi_modal_projector, DeltaProjector)
+    saved = load_file(LEGACY_CHECKPOINT / "expected_logits.safetensors")
+    with torch.no_grad():
+        logits = model(
+            input_ids=saved["input_ids"], pixel_values=saved["pixel_values"], object_masks=saved["object_masks"]
+        ).logits
+    torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-6)
+
+
+def test_a_new_checkpoint_records_its_layout(tmp_path):
+    tiny_config(delta_layout="shared_base").save_pretrained(tmp_path / "shared")
+    tiny_config().save_pretrained(tmp_path / "official")
+    assert DeltaLlavaConfig.from_pretrained(tmp_path / "shared").delta_layout == "shared_base"
+    assert DeltaLlavaConfig.from_pretrained(tmp_path / "official").delta_layout == "official"
+
+
+@pytest.mark.parametrize("layout", DELTA_LAYOUTS)
+def test_object_and_global_tokens_in_both_layouts(layout):
+    torch.manual_seed(0)
+    config = tiny_config(delta_layout=layout, use_object_tokens=True, use_global_token=True, max_object_tokens=3)
+    model = DeltaLlavaForConditionalGeneration(config).eval()
+    masks = torch.zeros(2, 3, 48, 48)
+    masks[0, 0, :10], masks[0, 1, 10:], masks[1, 0, :, :5] = 1, 1, 1
+    with torch.no_grad():
+        features = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks)
+        dropped = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks, max_object_tokens=0)
+    assert [f.shape[0] for f in features] == [1 + 4 + 2, 1 + 4 + 1]
+    assert [f.shape[0] for f in dropped] == [1 + 4, 1 + 4]
+
+
+def test_official_object_tokens_have_their_own_delta_projection():
+    projector = official_projector(use_object_tokens=True, use_global_token=True)
+    assert set(projector.extra_projections) == {"object", "global"}
+    assert not official_projector().extra_projections  # the authors' 45 tensors only, when neither is used
+
+
+def test_official_ablation_switches_remove_exactly_their_part():
+    def names(**overrides):
+        return {name for name, _ in official_projector(**overrides).named_parameters()}
+
+    full = names()
+    assert full - names(use_emhsa=False) == {n for n in full if n.startswith("query_block.self_attention.")}
+    assert full - names(use_transformer_block=False) == {n for n in full if n.startswith("query_block.")}
+    assert full - names(use_delta_projection=False) == {n for n in full if ".update." in n}
+    assert all(names(**{switch: False}) < full for switch in ("use_emhsa", "use_transformer_block", "use_delta_projection"))
+
+
+def test_without_delta_each_official_role_is_its_plain_base_map():
+    torch.manual_seed(0)
+    projection = official_projector(use_delta_projection=False).key_projection
+    memory = torch.randn(2, 5, projection.base.in_features)
+    expected = torch.nn.functional.layer_norm(
+        torch.nn.functional.gelu(memory @ projection.base.weight.T), (32,), projection.norm.weight, projection.norm.bias, 1e-6
+    )
+    torch.testing.assert_close(projection(memory), expected)
+
+
+def test_official_delta_projection_adds_a_rank_limited_update_to_its_own_base():
+    torch.manual_seed(0)
+    projector = official_projector()
+    query, key = projector.query_projection, projector.key_projection
+    assert query.base.weight.data_ptr() != key.base.weight.data_ptr()  # three separate instances, nothing shared
+    assert torch.linalg.matrix_rank(query.update.delta_weight()) == 4
+    assert float(query.update.up.abs().max()) > 0  # the authors' init: both factors Xavier-uniform, not zero
+
+
+def test_point_to_region_attention_sees_only_the_patches_under_each_query():
+    torch.manual_seed(0)
+    attention = PointToRegionAttention(width=16, num_heads=2).eval()
+    queries, keys, values = torch.randn(1, 4, 16), torch.randn(1, 64, 16), torch.randn(1, 64, 16)
+    with torch.no_grad():
+        before = attention(queries, keys, values)
+        changed = values.view(1, 8, 8, 16).clone()
+        changed[0, :4, :4] += 5.0  # the top-left 4x4 region: under query 0 of the 2x2 grid only
+        after = attention(queries, keys, changed.view(1, 64, 16))
+    assert not torch.allclose(before[:, 0], after[:, 0])
+    torch.testing.assert_close(before[:, 1:], after[:, 1:])
+
+
+def test_drop_path_acts_only_while_training():
+    torch.manual_seed(0)
+    projector = official_projector(drop_path_rate=0.5)
+    patches, memory = torch.randn(8, 576, 32), torch.randn(8, 2, 576, 32)
+    projector.eval()
+    with torch.no_grad():
+        first, second = projector(patches, memory, 4), projector(patches, memory, 4)
+        torch.testing.assert_close(first, second)
+        projector.train()
+        trained = projector(patches, memory, 4)
+    assert not torch.allclose(first, trained)
+
+
+@pytest.mark.parametrize("layout", DELTA_LAYOUTS)
+def test_the_projector_keeps_its_call_in_both_layouts(layout):
+    torch.manual_seed(0)
+    projector = DeltaLlavaForConditionalGeneration(tiny_config(delta_layout=layout)).model.multi_modal_projector.eval()
+    patches, memory = torch.randn(2, 576, 32), torch.randn(2, 2, 576, 32)
+    with torch.no_grad():
+        for side in (24, 12, 6, 4, 1):
+            assert projector(patches, memory, side).shape == (2, side * side, 48)
