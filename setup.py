@@ -52,6 +52,7 @@ setup(
             "delta-llava-train=delta_llava.training.train:main",
             "delta-llava-quickstart=delta_llava.training.quickstart:main",
             "delta-llava-export=delta_llava.hub_cards.export:main",
+            "delta-llava-convert-official=delta_llava.official_checkpoint:main",
         ]
     },
 )

@@ -69,6 +69,18 @@ def to_rgb_image(image: ImageInput) -> PIL.Image.Image:
     return _pil_to_rgb(PIL.ImageOps.exif_transpose(image))
 
 
+def pad_to_square(image: PIL.Image.Image, fill: tuple[int, int, int]) -> PIL.Image.Image:
+    """Centre an RGB image on a square canvas of its longer side filled with `fill` (LLaVA-1.5's `pad` aspect ratio:
+    the image processor then resizes and crops nothing away). Square images come back unchanged."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = PIL.Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
 def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
     """Open and fully decode an image file, with errors that name the file."""
     path_str = os.fspath(path)

@@ -75,7 +75,18 @@ def compact_mask_stack(masks: torch.Tensor, mask_size: int) -> np.ndarray:
     return torch.ceil(coverage * 255).clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def masks_to_model_input(mask_stacks: Sequence[MaskStack], mask_size: int) -> torch.Tensor:
+def pad_coverage_to_square(coverage: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) -> (M, side, side), side = max(H, W): zero margins placed as `image_inputs.pad_to_square` places
+    the image, so padded masks stay aligned with padded images."""
+    height, width = coverage.shape[-2:]
+    side = max(height, width)
+    left, top = (side - width) // 2, (side - height) // 2
+    return torch.nn.functional.pad(coverage, (left, side - width - left, top, side - height - top))
+
+
+def masks_to_model_input(
+    mask_stacks: Sequence[MaskStack], mask_size: int, pad_to_square: bool = False
+) -> torch.Tensor:
     """Turn one mask stack per image into the model's zero-padded ``object_masks`` input.
 
     Args:
@@ -85,6 +96,7 @@ def masks_to_model_input(mask_stacks: Sequence[MaskStack], mask_size: int) -> to
             as Python ints (pass binary 0/1 masks as bool). Float stacks must lie in ``[0, 1]``. Sizes may
             differ per image.
         mask_size: side ``S`` of the square grid the model reads.
+        pad_to_square: pad each stack to a square first, as the processor pads images with `pad_to_square`.
 
     Returns:
         float32 tensor ``(num_images, K_max, S, S)`` in ``[0, 1]`` with ``K_max = max M_i``: each image's masks
@@ -97,6 +109,8 @@ def masks_to_model_input(mask_stacks: Sequence[MaskStack], mask_size: int) -> to
             "Wrap a single image's stack in a list."
         )
     coverages = [_to_coverage(stack, image_index) for image_index, stack in enumerate(mask_stacks)]
+    if pad_to_square:
+        coverages = [pad_coverage_to_square(coverage) for coverage in coverages]
     resized = [_resize_coverage(coverage, mask_size) for coverage in coverages]
     max_masks = max(masks.shape[0] for masks in resized)
     model_input = torch.zeros(len(resized), max_masks, mask_size, mask_size, dtype=torch.float32)

@@ -9,7 +9,7 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .image_inputs import ImageInput, to_rgb_image
+from .image_inputs import ImageInput, pad_to_square, to_rgb_image
 from .object_mask_inputs import count_valid_masks, masks_to_model_input
 
 
@@ -54,6 +54,20 @@ DEFAULT_CHAT_TEMPLATE = """\
     {{- 'ASSISTANT:' -}}
 {%- endif -%}
 """
+
+# LLaVA-1.5's `v1` (Vicuna) conversation, which the authors' checkpoints were trained with: the same format with
+# Vicuna's system prompt written first when the conversation brings none.
+VICUNA_V1_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+VICUNA_V1_CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE.replace(
+    "{{- bos_token -}}\n",
+    "{{- bos_token -}}\n{%- if messages[0]['role'] != 'system' -%}\n    {{- '"
+    + VICUNA_V1_SYSTEM_PROMPT.replace("'", "\\'")
+    + " ' -}}\n{%- endif -%}\n",
+    1,
+)
 
 
 def check_num_visual_tokens(num_visual_tokens: int) -> int:
@@ -105,6 +119,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
         max_object_tokens: default number of object tokens kept per image (0 turns them off).
         image_token: the placeholder written once per image in the text.
         mask_size: side S of the square grid object masks are resized to, `(num_images, K, S, S)`.
+        pad_to_square: pad every image (and its object masks) to a square with the image processor's mean colour
+            before the image processor runs, as LLaVA-1.5's `image_aspect_ratio="pad"` (the authors' stage 2) does;
+            otherwise the image processor's resize and centre crop cut the longer side.
     """
 
     def __init__(
@@ -118,6 +135,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         max_object_tokens: int = 8,
         image_token: str = "<image>",
         mask_size: int = 24,
+        pad_to_square: bool = False,
     ):
         self.num_visual_tokens = check_num_visual_tokens(num_visual_tokens)
         self.max_object_tokens = check_max_object_tokens(max_object_tokens)
@@ -126,6 +144,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
         if isinstance(mask_size, bool) or not isinstance(mask_size, int) or mask_size < 1:
             raise ValueError(f"mask_size={mask_size!r} must be a positive integer, e.g. 24 (the vision patch grid).")
         self.mask_size = mask_size
+        if not isinstance(pad_to_square, bool):
+            raise TypeError(f"pad_to_square={pad_to_square!r} must be True or False.")
+        self.pad_to_square = pad_to_square
         self.image_token = image_token
         if chat_template is None:
             chat_template = DEFAULT_CHAT_TEMPLATE.replace("<image>", image_token)
@@ -193,6 +214,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
         tokens_per_image = []
         if flat_images:
             rgb_images = [to_rgb_image(image) for image in flat_images]
+            if self.pad_to_square:
+                rgb_images = [pad_to_square(image, self.padding_colour) for image in rgb_images]
             mask_counts = [0] * len(rgb_images)
             if object_masks is not None:
                 data["object_masks"] = self._object_masks(object_masks, nested, len(rgb_images))
@@ -218,6 +241,12 @@ class DeltaLlavaProcessor(ProcessorMixin):
         if texts is not None:
             data.update(self._tokenize(texts, tokens_per_image, output_kwargs))
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+
+    @property
+    def padding_colour(self) -> tuple[int, int, int]:
+        """The image processor's mean as an RGB colour, what `pad_to_square` fills with (LLaVA's choice)."""
+        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        return tuple(int(value * 255) for value in mean)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -296,7 +325,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 f"Got {len(stacks)} mask stack(s) for {num_images} image(s). Pass one (num_masks, H, W) stack per "
                 "image, in the same order (and nesting) as `images`."
             )
-        return masks_to_model_input(stacks, self.mask_size)
+        return masks_to_model_input(stacks, self.mask_size, pad_to_square=self.pad_to_square)
 
     def _tokenize(self, texts: list[str], tokens_per_image: list[int], output_kwargs: dict) -> dict:
         """Expand the placeholders, tokenize, and check that no image token was truncated away."""

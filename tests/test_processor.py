@@ -409,3 +409,25 @@ def test_unreadable_images_surface_through_the_processor(tmp_path):
         processor(images=np.zeros((0, 4, 3), np.uint8), text="<image>")
     with pytest.raises(ValueError, match="URLs are not fetched"):
         processor(images="https://example.com/a.jpg", text="<image>")
+
+
+def test_pad_to_square_pads_images_and_masks_alike(tmp_path):
+    """LLaVA-1.5's `pad` aspect ratio: a wide image keeps its whole width, centred on the mean colour."""
+    wide = image(color=(255, 0, 0), size=(32, 16))
+    masks = [np.ones((1, 16, 32), dtype=bool)]
+    padded = make_processor(pad_to_square=True, use_object_tokens=True)
+    cropped = make_processor(use_object_tokens=True)
+    with_padding = padded(images=[wide], text="<image>", object_masks=masks)
+    without = cropped(images=[wide], text="<image>", object_masks=masks)
+    mean = torch.tensor(padded.image_processor.image_mean)
+    std = torch.tensor(padded.image_processor.image_std)
+    mean_colour = (torch.tensor(padded.padding_colour) / 255 - mean) / std
+    torch.testing.assert_close(with_padding["pixel_values"][0, :, 0, 0], mean_colour, atol=1e-3, rtol=0)  # top margin
+    red = (torch.tensor([1.0, 0.0, 0.0]) - mean) / std
+    torch.testing.assert_close(with_padding["pixel_values"][0, :, SIDE // 2, 0], red, atol=1e-3, rtol=0)  # left edge kept
+    torch.testing.assert_close(without["pixel_values"][0, :, 0, 0], red, atol=1e-3, rtol=0)  # cropped: no margin
+    size = padded.mask_size
+    assert with_padding["object_masks"][0, 0, 0].max() == 0 and with_padding["object_masks"][0, 0, size // 2].min() == 1
+    assert without["object_masks"][0, 0, 0].min() == 1
+    padded.save_pretrained(tmp_path)
+    assert DeltaLlavaProcessor.from_pretrained(tmp_path).pad_to_square is True
