@@ -6,8 +6,8 @@ CLIP ViT-L/14-336 + Vicuna-7B are built on the meta device; torch's FlopCounterM
 the vision tower, the projector, the LLM prefill over 64 text + V visual tokens (lm_head on the last position only,
 as `generate` does) and 30 decode steps, each one token against a KV cache of the growing length (lm_head included).
 Decode steps are counted at the first, second and last cache length; a step's cost is affine in the cache length
-(checked on those three), so the 30 steps are summed exactly. Budgets 576 ... 1 for every projector type
-(mlp2x_gelu only at 576). Prints our counts beside the paper's, then tests which counting convention reproduces the
+(checked on those three), so the 30 steps are summed exactly. Budgets 576 ... 1 for every projector variant (both
+delta layouts and the baselines; mlp2x_gelu only at 576). Prints our counts beside the paper's, then tests which counting convention reproduces the
 paper's prefill numbers. Writes benchmarks/results/flops_real_size.json and flops_real_size.png.
 """
 
@@ -19,8 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
-from delta_llava.modeling_delta_llava import PROJECTOR_CLASSES
-from measure import PAPER_BUDGETS, RESULTS_DIR, paper_config, print_table, write_results
+from measure import AUTHORS_PROJECTOR_GFLOPS, PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, paper_config, print_table, write_results
 
 TEXT_TOKENS = 64
 NEW_TOKENS = 30
@@ -99,16 +98,17 @@ def llm_flops(model: DeltaLlavaForConditionalGeneration, sequence_length: int, n
 def measure_flops(
     make_config: Callable[[str, int], DeltaLlavaConfig] = paper_config,
     budgets: list[int] = PAPER_BUDGETS,
-    projector_types: list[str] | None = None,
+    variants: list[str] | None = None,
     text_tokens: int = TEXT_TOKENS,
     new_tokens: int = NEW_TOKENS,
 ) -> list[dict]:
-    """One row per (projector type, budget) with FLOPs per component; mlp2x_gelu runs only at the full grid."""
-    projector_types = list(PROJECTOR_CLASSES) if projector_types is None else projector_types
+    """One row per (projector variant, budget) with FLOPs per component; mlp2x_gelu runs only at the full grid."""
+    variants = list(PROJECTOR_VARIANTS) if variants is None else variants
     llm_by_length: dict[int, dict[str, int]] = {}
     rows = []
-    for projector_type in projector_types:
-        config = make_config(projector_type, budgets[0])
+    for variant in variants:
+        config = make_config(variant, budgets[0])
+        projector_type = config.projector_type
         with torch.device("meta"):
             model = DeltaLlavaForConditionalGeneration(config)
         for budget in config.allowed_visual_token_counts() if projector_type == "mlp2x_gelu" else budgets:
@@ -120,6 +120,7 @@ def measure_flops(
             flops["total"] = sum(flops[name] for name in COMPONENTS)
             rows.append(
                 {
+                    "variant": variant,
                     "projector_type": projector_type,
                     "num_visual_tokens": budget,
                     "sequence_length": sequence_length,
@@ -182,7 +183,8 @@ def tflops(value: float) -> str:
 
 
 def paper_value(component: str, budget: int, projector_type: str) -> str:
-    """The paper's number for this cell: prefill/decode/vision depend only on V; totals are LLaVA 576 and Delta 144."""
+    """The paper's number for this cell: prefill/decode/vision depend only on V; totals are LLaVA 576 and Delta 144
+    (either delta layout: the paper gives one Delta-LLaVA)."""
     if component == "projector":
         return {"mlp2x_gelu": "0.024", "delta": "<=0.002"}.get(projector_type, "-")
     if component == "total" and projector_type != ("mlp2x_gelu" if budget == 576 else "delta"):
@@ -192,23 +194,29 @@ def paper_value(component: str, budget: int, projector_type: str) -> str:
 
 
 def print_rows(rows: list[dict]) -> None:
-    headers = ["projector", "V", "vision", "paper", "proj", "paper", "prefill", "paper", "decode", "paper", "total", "paper"]
+    headers = ["projector", "V", "vision", "paper", "proj", "paper", "authors", "prefill", "paper", "decode", "paper",
+               "total", "paper"]  # fmt: skip
     table = []
     for row in rows:
         kind, budget, flops = row["projector_type"], row["num_visual_tokens"], row["flops"]
-        cells = [kind, budget]
+        cells = [row["variant"], budget]
         for component in (*COMPONENTS, "total"):
             cells += [tflops(flops[component]), paper_value(component, budget, kind)]
+            if component == "projector":
+                authors = AUTHORS_PROJECTOR_GFLOPS.get(budget) if row["variant"] == "delta official" else None
+                cells.append("-" if authors is None else f"{authors / 1e3:.3f}")
         table.append(cells)
     print(f"TFLOPs per sample ({rows[0]['sequence_length'] - rows[0]['num_visual_tokens']} text tokens + V, "
-          f"{rows[0]['new_tokens']} new tokens); 'paper' = reported in the paper (LLaVA 576 = mlp2x_gelu)")
+          f"{rows[0]['new_tokens']} new tokens); 'paper' = reported in the paper (LLaVA 576 = mlp2x_gelu); 'authors' = "
+          "the authors' own projector module, measured")
     print_table(headers, table)
 
 
 def explain(check: dict, rows: list[dict]) -> list[str]:
     """The comparison with the paper in words, from the numbers just measured."""
     mlp = next(r for r in rows if r["projector_type"] == "mlp2x_gelu")
-    delta = {r["num_visual_tokens"]: r for r in rows if r["projector_type"] == "delta"}
+    official = {r["num_visual_tokens"]: r for r in rows if r["variant"] == "delta official"}
+    shared = {r["num_visual_tokens"]: r for r in rows if r["variant"] == "delta shared_base"}
     two = check["two_matrix_ffn"]
     counter = check["flop_counter"]
     lines = [
@@ -224,10 +232,12 @@ def explain(check: dict, rows: list[dict]) -> list[str]:
         f"off at T = {counter['text_tokens']}), nor can multiply-adds ({100 * check['macs']['max_relative_error']:.0f}%"
         " off): the paper most likely left out SwiGLU's gate projection (a third of the FFN) and lm_head.",
         "  decode 0.31 -> 0.28 in the paper also reflects natural stops (G varies by budget); we fix G.",
-        f"projector: the delta projector costs {tflops(delta[1]['flops']['projector'])}-"
-        f"{tflops(delta[576]['flops']['projector'])} TFLOPs here (paper: <= 0.002 below 576). Ours reads the "
-        "4-level memory of all 576 patches at every budget, a cost the paper's Theta(V) analysis leaves out; the "
-        f"MLP at 576 matches ({tflops(mlp['flops']['projector'])} vs 0.024).",
+        f"projector: the official layout costs {tflops(official[1]['flops']['projector'])}-"
+        f"{tflops(official[576]['flops']['projector'])} TFLOPs, exactly what the authors' own module costs "
+        f"(0.012-0.050), and the shared_base layout {tflops(shared[1]['flops']['projector'])}-"
+        f"{tflops(shared[576]['flops']['projector'])}; the paper's text says <= 0.002 below 576. Both read the "
+        "4-level memory of all 576 patches at every budget (the key/value projections), a cost the paper's Theta(V) "
+        f"analysis leaves out; the MLP at 576 matches ({tflops(mlp['flops']['projector'])} vs 0.024).",
     ]
     return lines
 
@@ -238,23 +248,24 @@ def plot(rows: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [r for r in rows if r["projector_type"] == "mlp2x_gelu"] + [r for r in rows if r["projector_type"] == "delta"]
-    labels = [("MLP " if r["projector_type"] == "mlp2x_gelu" else "Delta ") + str(r["num_visual_tokens"]) for r in bars]
+    names = {"mlp2x_gelu": "MLP", "delta official": "official", "delta shared_base": "shared"}
+    bars = [r for variant in names for r in rows if r["variant"] == variant]
+    labels = [f"{names[r['variant']]}\n{r['num_visual_tokens']}" for r in bars]
     colors = {"vision": "#4c72b0", "projector": "#dd8452", "prefill": "#55a868", "decode": "#c44e52"}
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(13, 5))
     bottom = [0.0] * len(bars)
     for component in COMPONENTS:
         values = [r["flops"][component] / 1e12 for r in bars]
         ax.bar(labels, values, bottom=bottom, label=component, color=colors[component])
         bottom = [b + v for b, v in zip(bottom, values)]
     for x, total in enumerate(bottom):
-        ax.text(x, total + 0.01 * max(bottom), f"{total:.2f}", ha="center", fontsize=9)
+        ax.text(x, total + 0.01 * max(bottom), f"{total:.2f}", ha="center", fontsize=8)
     paper_x = [i for i, r in enumerate(bars) if r["num_visual_tokens"] in PAPER_TFLOPS["total"]
                and (r["projector_type"] == "mlp2x_gelu" or r["num_visual_tokens"] != 576)]
     paper_y = [PAPER_TFLOPS["total"][bars[i]["num_visual_tokens"]] for i in paper_x]
     ax.scatter(paper_x, paper_y, marker="D", color="black", zorder=3, label="paper total")
     ax.set_ylabel("TFLOPs per sample")
-    ax.set_xlabel("projector and visual tokens")
+    ax.set_xlabel("projector (MLP, delta official = the authors' module, delta shared_base) and visual tokens")
     ax.set_title(f"CLIP-L/14-336 + Vicuna-7B, {bars[0]['sequence_length'] - bars[0]['num_visual_tokens']} text tokens, "
                  f"{bars[0]['new_tokens']} new tokens (FlopCounterMode, 2 FLOPs per multiply-add)", fontsize=10)
     ax.set_ylim(0, max(bottom + paper_y) * 1.12)

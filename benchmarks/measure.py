@@ -24,12 +24,32 @@ VICUNA_7B = {
 }
 
 
-def paper_config(projector_type: str = "delta", num_visual_tokens: int = 144, **overrides) -> DeltaLlavaConfig:
-    """CLIP ViT-L/14-336 + Vicuna-7B with the paper's projector defaults (the config's own defaults)."""
+# The projectors the benchmarks compare: name -> (projector_type, config overrides). The delta projector runs in
+# both layouts: "delta official" is the authors' module, "delta shared_base" this project's reading of the paper.
+PROJECTOR_VARIANTS = {
+    "delta official": ("delta", {"delta_layout": "official"}),
+    "delta shared_base": ("delta", {"delta_layout": "shared_base"}),
+    "mlp2x_gelu": ("mlp2x_gelu", {}),
+    "tokenpacker": ("tokenpacker", {}),
+    "avgpool": ("avgpool", {}),
+}
+
+# The authors' own `Delta_LLaVA` module, measured while planning (shared/notes/authors-code.md: their code run on
+# CPU, float32, torch FlopCounterMode, one image, eval mode): GFLOPs by budget, and its parameter count.
+AUTHORS_PROJECTOR_GFLOPS = {576: 50.03, 144: 21.60, 36: 14.68, 16: 13.40, 4: 12.64, 1: 12.45}
+AUTHORS_PROJECTOR_PARAMETERS_M = 42.5
+
+
+def paper_config(variant: str = "delta official", num_visual_tokens: int = 144, **overrides) -> DeltaLlavaConfig:
+    """CLIP ViT-L/14-336 + Vicuna-7B with a projector variant of `PROJECTOR_VARIANTS` at its config defaults."""
+    projector_type, variant_overrides = PROJECTOR_VARIANTS[variant]
     if projector_type == "mlp2x_gelu":
         num_visual_tokens = 576
     return DeltaLlavaConfig(
-        text_config=VICUNA_7B, projector_type=projector_type, num_visual_tokens=num_visual_tokens, **overrides
+        text_config=VICUNA_7B,
+        projector_type=projector_type,
+        num_visual_tokens=num_visual_tokens,
+        **{**variant_overrides, **overrides},
     )
 
 

@@ -1,4 +1,5 @@
-"""Speed of Delta-LLaVA on this CPU as ratios measured in one run: the Delta projector at each budget vs the MLP at 576.
+"""Speed of Delta-LLaVA on this CPU as ratios measured in one run: the Delta projector (both layouts) at each budget vs
+the MLP at 576.
 
     python benchmarks/speed_cpu.py                      # defaults, about 7 minutes on the 2-core machine
     python benchmarks/speed_cpu.py --repeats 1 --train-repeats 1 --budgets 144 1 --train-budgets 1 \
@@ -13,7 +14,10 @@ repeat (the two runs are seconds apart, under the same load) and reported as med
 - inference: time to first token (vision + projector + prefill of 64 text + V tokens) and decode tokens/s over a
   fixed number of new tokens (min_new_tokens = max_new_tokens, greedy), from timestamps a logits processor takes at
   every generated token;
-- projector forward time of every projector type at the same budgets, on the same random tower features;
+- projector forward time of every projector variant (both delta layouts and the baselines) at the same budgets, on
+  the same random tower features, beside its FLOPs in this same setup (FlopCounterMode on the meta device): the
+  time ratio vs the MLP at 576 over the FLOPs ratio says how efficiently this CPU runs the projector's FLOPs
+  compared with the MLP's (1.0 = equally well);
 - training samples/s with real optimizer steps in a plain loop (forward with labels, backward, AdamW.step), stage 1
   (projector trains, tower and LLM frozen) and stage 2 (projector + LLM + lm_head), batch of one sample;
 - peak memory: for the first (untimed, warm-up) run of every configuration, the resident set's high-water mark above
@@ -37,8 +41,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
-from delta_llava.modeling_delta_llava import PROJECTOR_CLASSES, PROJECTORS_READING_MEMORY
-from measure import PAPER_BUDGETS, RESULTS_DIR, print_table, write_results
+from delta_llava.modeling_delta_llava import PROJECTORS_READING_MEMORY, build_projector
+from measure import PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, count_flops, print_table, write_results
 
 TEXT_CONFIG = {
     "model_type": "llama",
@@ -64,6 +68,9 @@ VISION_CONFIG = {
 }
 IMAGE_TOKEN_ID = 32000
 BASELINE = ("mlp2x_gelu", 576)
+DELTA_VARIANTS = ("delta official", "delta shared_base")
+MODEL_VARIANTS = ("mlp2x_gelu", *DELTA_VARIANTS)  # the variants built as whole models (inference, training)
+EFFICIENCY_BAR = 1.3  # a delta layout's time ratio vs the MLP may exceed its FLOPs ratio by this much
 
 # Paper table 4 (one epoch, h:mm:ss) and figure 3 (tokens/s), to set our ratios beside.
 PAPER_TRAINING_TIME = {
@@ -124,7 +131,9 @@ class PeakMemory:
 
 # ---------------------------------------------------------------- models and inputs
 
-def speed_config(projector_type: str, text_config: dict = TEXT_CONFIG, vision_config: dict = VISION_CONFIG, **overrides):
+def speed_config(variant: str, text_config: dict = TEXT_CONFIG, vision_config: dict = VISION_CONFIG, **overrides):
+    """The benchmark's model with a projector variant of `PROJECTOR_VARIANTS` (e.g. "delta official")."""
+    projector_type, variant_overrides = PROJECTOR_VARIANTS[variant]
     budget = 576 if projector_type == "mlp2x_gelu" else 144
     grid = vision_config["image_size"] // vision_config["patch_size"]
     return DeltaLlavaConfig(
@@ -133,7 +142,7 @@ def speed_config(projector_type: str, text_config: dict = TEXT_CONFIG, vision_co
         projector_type=projector_type,
         num_visual_tokens=min(budget, grid * grid),
         image_token_id=min(IMAGE_TOKEN_ID, text_config["vocab_size"] - 1),
-        **overrides,
+        **{**variant_overrides, **overrides},
     )
 
 
@@ -285,15 +294,20 @@ def paired_ratio(runs: list[dict], base_runs: list[dict], key: str, higher_is_fa
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
+def delta_configs(models: dict, budgets: list[int]) -> list[tuple[str, int]]:
+    """The baseline, then every delta variant among `models` at each budget."""
+    return [BASELINE] + [(variant, budget) for variant in DELTA_VARIANTS if variant in models for budget in budgets]
+
+
 def measure_inference(models: dict, budgets: list[int], text_tokens: int, new_tokens: int, repeats: int) -> list[dict]:
-    configs = [BASELINE] + [("delta", budget) for budget in budgets]
+    configs = delta_configs(models, budgets)
     tasks = {f"{kind}@{budget}": generation_task(models[kind], budget, text_tokens, new_tokens) for kind, budget in configs}
     results = round_robin(tasks, repeats)
     rows = []
     for (kind, budget), name in zip(configs, tasks):
         runs = results[name]["runs"]
         rows.append({
-            "projector_type": kind, "num_visual_tokens": budget, "runs": runs,
+            "variant": kind, "num_visual_tokens": budget, "runs": runs,
             "ttft_s": median_of(runs, "ttft_s"), "decode_tokens_per_s": median_of(runs, "decode_tokens_per_s"),
             "peak_extra_mib": results[name]["peak_extra_mib"],
         })
@@ -303,43 +317,57 @@ def measure_inference(models: dict, budgets: list[int], text_tokens: int, new_to
     return rows
 
 
+def projector_flops(config: DeltaLlavaConfig, budget: int) -> int:
+    """FLOPs of one image through `config`'s projector at `budget`, counted on the meta device."""
+    grid, width = config.patch_grid_size, config.vision_config.hidden_size
+    with torch.device("meta"):
+        projector = build_projector(config)
+        memory = torch.empty(1, len(config.memory_layers), grid * grid, width)
+        return count_flops(projector, torch.empty(1, grid * grid, width), memory, config.check_num_visual_tokens(budget))
+
+
 def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: list[int], repeats: int,
                        models: dict | None = None) -> list[dict]:
-    """Every projector type at each budget (the MLP at the full grid), on the same random tower features."""
-    reference = make_config("delta")
+    """Every projector variant at each budget (the MLP at the full grid), on the same random tower features, with
+    its FLOPs in the same setup."""
+    reference = make_config("delta official")
     grid, width = reference.patch_grid_size, reference.vision_config.hidden_size
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(1, grid * grid, width, generator=generator)
     memory = torch.randn(1, len(reference.memory_layers), grid * grid, width, generator=generator)
     projectors = {}
-    for kind in PROJECTOR_CLASSES:
-        if models and kind in models:
-            projectors[kind] = models[kind].model.multi_modal_projector
+    for variant in PROJECTOR_VARIANTS:
+        if models and variant in models:
+            projectors[variant] = models[variant].model.multi_modal_projector
         else:
             torch.manual_seed(0)
-            projectors[kind] = PROJECTOR_CLASSES[kind](make_config(kind)).eval()
-    configs = [BASELINE] + [(kind, b) for b in budgets for kind in PROJECTOR_CLASSES if kind != "mlp2x_gelu"]
+            projectors[variant] = build_projector(make_config(variant)).eval()
+    configs = [BASELINE] + [(v, b) for b in budgets for v in PROJECTOR_VARIANTS if v != "mlp2x_gelu"]
+    reads_memory = {v for v, (projector_type, _) in PROJECTOR_VARIANTS.items() if projector_type in PROJECTORS_READING_MEMORY}
     tasks = {
-        f"{kind}@{budget}": projector_task(
-            projectors[kind], features, memory if kind in PROJECTORS_READING_MEMORY else None,
+        f"{variant}@{budget}": projector_task(
+            projectors[variant], features, memory if variant in reads_memory else None,
             reference.check_num_visual_tokens(budget),
         )
-        for kind, budget in configs
+        for variant, budget in configs
     }
     results = round_robin(tasks, repeats, warmup=False)
     rows = [
-        {"projector_type": kind, "num_visual_tokens": budget, "parameters": parameter_count(projectors[kind]),
+        {"variant": variant, "num_visual_tokens": budget, "parameters": parameter_count(projectors[variant]),
+         "flops": projector_flops(make_config(variant), budget),
          "runs": results[name]["runs"], "forward_s": median_of(results[name]["runs"], "forward_s")}
-        for (kind, budget), name in zip(configs, tasks)
+        for (variant, budget), name in zip(configs, tasks)
     ]
     for row in rows:  # > 1: slower than the MLP at 576
         row["time_vs_mlp_576"] = paired_ratio(row["runs"], rows[0]["runs"], "forward_s", higher_is_faster=True)
+        row["flops_vs_mlp_576"] = row["flops"] / rows[0]["flops"]
+        row["time_over_flops_ratio"] = row["time_vs_mlp_576"]["median"] / row["flops_vs_mlp_576"]
     return rows
 
 
 def measure_training(models: dict, budgets: list[int], stages: list[int], text_tokens: int, batch_size: int,
                      repeats: int) -> list[dict]:
-    configs = [(stage, kind, budget) for stage in stages for kind, budget in [BASELINE] + [("delta", b) for b in budgets]]
+    configs = [(stage, kind, budget) for stage in stages for kind, budget in delta_configs(models, budgets)]
     tasks = {
         f"stage{stage}:{kind}@{budget}": training_task(models[kind], stage, budget, text_tokens, batch_size)
         for stage, kind, budget in configs
@@ -349,12 +377,12 @@ def measure_training(models: dict, budgets: list[int], stages: list[int], text_t
     for (stage, kind, budget), name in zip(configs, tasks):
         runs = results[name]["runs"]
         rows.append({
-            "stage": stage, "projector_type": kind, "num_visual_tokens": budget, "batch_size": batch_size,
+            "stage": stage, "variant": kind, "num_visual_tokens": budget, "batch_size": batch_size,
             "runs": runs, "samples_per_s": median_of(runs, "samples_per_s"),
             "peak_extra_mib": results[name]["peak_extra_mib"],
         })
     for row in rows:
-        base = next(r for r in rows if r["stage"] == row["stage"] and (r["projector_type"], r["num_visual_tokens"]) == BASELINE)
+        base = next(r for r in rows if r["stage"] == row["stage"] and (r["variant"], r["num_visual_tokens"]) == BASELINE)
         row["speedup"] = paired_ratio(row["runs"], base["runs"], "samples_per_s", higher_is_faster=True)
         row["paper_speedup"] = paper_training_speedup(row["stage"], row["num_visual_tokens"])
     return rows
@@ -374,30 +402,40 @@ def print_report(inference: list[dict], projectors: list[dict], training: list[d
     print("\nInference (medians; speedup = vs mlp2x_gelu@576 in the same repeat: median (min-max) over repeats)")
     print_table(
         ["projector", "V", "TTFT s", "TTFT speedup", "decode tok/s", "decode speedup", "paper tok/s", "peak +MiB"],
-        [[r["projector_type"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt_ratio(r["ttft_speedup"]),
+        [[r["variant"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt_ratio(r["ttft_speedup"]),
           fmt(r["decode_tokens_per_s"], 1), fmt_ratio(r["decode_speedup"]),
-          fmt(PAPER_DECODE_TOKENS_PER_S.get(r["num_visual_tokens"]) if r["projector_type"] != "delta"
+          fmt(PAPER_DECODE_TOKENS_PER_S.get(r["num_visual_tokens"]) if r["variant"] == "mlp2x_gelu"
               or r["num_visual_tokens"] != 576 else None), fmt(r["peak_extra_mib"], 0)] for r in inference],
     )
-    print("\nProjector forward, one image (medians)")
+    print("\nProjector forward, one image (medians); FLOPs in this same setup; time ratio / FLOPs ratio: 1.0 = the "
+          "projector's FLOPs run as fast as the MLP's")
     print_table(
-        ["projector", "V", "params (M)", "ms", "time vs mlp@576"],
-        [[r["projector_type"], r["num_visual_tokens"], fmt(r["parameters"] / 1e6), fmt(1e3 * r["forward_s"], 1),
-          fmt_ratio(r["time_vs_mlp_576"])] for r in projectors],
+        ["projector", "V", "params (M)", "GFLOPs", "ms", "time vs mlp@576", "FLOPs vs mlp@576", "time/FLOPs ratio"],
+        [[r["variant"], r["num_visual_tokens"], fmt(r["parameters"] / 1e6), fmt(r["flops"] / 1e9),
+          fmt(1e3 * r["forward_s"], 1), fmt_ratio(r["time_vs_mlp_576"]), fmt(r["flops_vs_mlp_576"]),
+          fmt(r["time_over_flops_ratio"])] for r in projectors],
     )
+    for variant in DELTA_VARIANTS:
+        ratios = [r["time_over_flops_ratio"] for r in projectors if r["variant"] == variant]
+        if ratios:
+            verdict = "within" if max(ratios) <= EFFICIENCY_BAR else "NOT within"
+            print(f"{variant}: time ratio / FLOPs ratio {min(ratios):.2f}-{max(ratios):.2f}, {verdict} {EFFICIENCY_BAR}x")
     print("\nTraining (medians; speedup = samples/s vs mlp2x_gelu@576, same stage and repeat; paper = table 4 epoch times)")
     print_table(
         ["stage", "projector", "V", "samples/s", "speedup", "paper speedup", "peak +MiB"],
-        [[r["stage"], r["projector_type"], r["num_visual_tokens"], fmt(r["samples_per_s"], 3), fmt_ratio(r["speedup"]),
+        [[r["stage"], r["variant"], r["num_visual_tokens"], fmt(r["samples_per_s"], 3), fmt_ratio(r["speedup"]),
           fmt(r["paper_speedup"]), fmt(r["peak_extra_mib"], 0)] for r in training],
     )
 
 
-def errorbar(ax, xs: list, ratios: list[dict], fmt_: str, label: str) -> None:
+def errorbar(ax, xs: list, ratios: list[dict], fmt_: str, label: str, colour: str | None = None) -> None:
     """Medians with the min-max range over repeats."""
     medians = [r["median"] for r in ratios]
     spread = [[m - r["min"] for m, r in zip(medians, ratios)], [r["max"] - m for m, r in zip(medians, ratios)]]
-    ax.errorbar(xs, medians, yerr=spread, fmt=fmt_, capsize=3, label=label)
+    ax.errorbar(xs, medians, yerr=spread, fmt=fmt_, capsize=3, label=label, color=colour)
+
+
+VARIANT_STYLE = {"delta official": ("#dd8452", "official"), "delta shared_base": ("#c44e52", "shared_base")}
 
 
 def plot(inference: list[dict], projectors: list[dict], training: list[dict], path, threads: int | None = None) -> None:
@@ -406,51 +444,61 @@ def plot(inference: list[dict], projectors: list[dict], training: list[dict], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    delta = [r for r in inference if r["projector_type"] == "delta"]
-    budgets = [r["num_visual_tokens"] for r in delta]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    for key, marker, label in (("ttft_speedup", "o-", "time to first token"), ("decode_speedup", "s-", "decode tokens/s")):
-        if all(r[key] for r in delta):
-            errorbar(ax, budgets, [r[key] for r in delta], marker, label)
+    for variant, (colour, name) in VARIANT_STYLE.items():
+        delta = [r for r in inference if r["variant"] == variant]
+        if not delta:
+            continue
+        budgets = [r["num_visual_tokens"] for r in delta]
+        for key, marker, label in (("ttft_speedup", "o-", "time to first token"), ("decode_speedup", "s:", "decode tok/s")):
+            if all(r[key] for r in delta):
+                errorbar(ax, budgets, [r[key] for r in delta], marker, f"{name}: {label}", colour)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.axhline(1.0, color="gray", lw=1, ls="--", label="MLP @ 576")
     paper = PAPER_DECODE_TOKENS_PER_S
     ax.plot([1], [paper[1] / paper[576]], "k*", ms=10, label="paper decode tok/s @1")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.invert_xaxis()  # fewer tokens to the right, as in the FLOPs plot
     ax.set_xlabel("visual tokens (Delta projector)")
     ax.set_ylabel("speedup vs MLP @ 576 (higher is faster)")
     ax.set_title("Inference")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
     ax = axes[1]
-    labels = [f"{r['projector_type'].replace('mlp2x_gelu', 'mlp')}\n@{r['num_visual_tokens']}" for r in projectors]
-    colors = {"mlp2x_gelu": "#4c72b0", "delta": "#dd8452", "tokenpacker": "#55a868", "avgpool": "#8172b3"}
-    ax.bar(labels, [1e3 * r["forward_s"] for r in projectors], color=[colors[r["projector_type"]] for r in projectors])
-    ax.set_ylabel("forward time per image (ms)")
-    ax.set_title("Projector forward")
+    names = {"mlp2x_gelu": "mlp", "delta official": "official", "delta shared_base": "shared", "tokenpacker": "tp", "avgpool": "pool"}
+    colours = {"mlp2x_gelu": "#4c72b0", "tokenpacker": "#55a868", "avgpool": "#8172b3"}
+    colours.update({variant: colour for variant, (colour, _) in VARIANT_STYLE.items()})
+    labels = [f"{names[r['variant']]}\n@{r['num_visual_tokens']}" for r in projectors]
+    ax.bar(labels, [r["time_over_flops_ratio"] for r in projectors], color=[colours[r["variant"]] for r in projectors])
+    ax.axhline(1.0, color="gray", lw=1, ls="--")
+    ax.axhline(EFFICIENCY_BAR, color="black", lw=1, ls=":", label=f"bar for the delta layouts ({EFFICIENCY_BAR}x)")
+    ax.set_ylabel("time ratio / FLOPs ratio, both vs MLP @ 576")
+    ax.set_title("Projector forward: time per FLOP relative to the MLP")
     ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7)
 
     ax = axes[2]
+    for variant, (colour, name) in VARIANT_STYLE.items():
+        for stage, marker in ((1, "o-"), (2, "s:")):
+            rows = [r for r in training if r["stage"] == stage and r["variant"] == variant]
+            if rows:
+                xs = [r["num_visual_tokens"] for r in rows]
+                errorbar(ax, xs, [r["speedup"] for r in rows], marker, f"{name}: stage {stage}", colour)
     for stage, marker in ((1, "o"), (2, "s")):
-        rows = [r for r in training if r["stage"] == stage and r["projector_type"] == "delta"]
-        if not rows:
-            continue
-        xs = [r["num_visual_tokens"] for r in rows]
-        errorbar(ax, xs, [r["speedup"] for r in rows], marker + "-", f"stage {stage} (ours)")
-        known = [(r["num_visual_tokens"], r["paper_speedup"]) for r in rows if r["paper_speedup"]]
+        known = sorted({(r["num_visual_tokens"], r["paper_speedup"]) for r in training
+                        if r["stage"] == stage and r["variant"] != "mlp2x_gelu" and r["paper_speedup"]})
         if known:
             ax.plot(*zip(*known), marker, mfc="none", color="black", label=f"stage {stage} (paper table 4)")
     ax.axhline(1.0, color="gray", lw=1, ls="--", label="MLP @ 576")
     ax.set_xscale("log", base=2)
-    ticks = sorted({r["num_visual_tokens"] for r in training if r["projector_type"] == "delta"}, reverse=True)
+    ticks = sorted({r["num_visual_tokens"] for r in training if r["variant"] != "mlp2x_gelu"}, reverse=True)
     ax.set_xticks(ticks, [str(b) for b in ticks])
     ax.invert_xaxis()
     ax.set_xlabel("visual tokens (Delta projector)")
     ax.set_ylabel("training samples/s vs MLP @ 576")
     ax.set_title("Training")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     threads = torch.get_num_threads() if threads is None else threads
     fig.suptitle(f"Speed on this CPU, ratios within one run vs MLP @ 576 (median and min-max over repeats; "
                  f"{threads} torch thread(s))")
@@ -476,8 +524,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
-    models = {kind: build_model(speed_config(kind)).eval() for kind in ("mlp2x_gelu", "delta")}
-    delta = models["delta"]
+    models = {variant: build_model(speed_config(variant)).eval() for variant in MODEL_VARIANTS}
+    delta = models["delta official"]
     inference = measure_inference(models, args.budgets, args.text_tokens, args.new_tokens, args.repeats)
     projectors = measure_projectors(speed_config, args.projector_budgets, args.projector_repeats, models)
     training = measure_training(models, args.train_budgets, [1, 2], args.text_tokens, args.train_batch,
@@ -498,7 +546,8 @@ def main() -> None:
         "parameters": {
             "language_model_with_lm_head": parameter_count(delta.model.language_model) + parameter_count(delta.lm_head),
             "vision_tower": parameter_count(delta.model.vision_tower),
-            "delta_projector": parameter_count(delta.model.multi_modal_projector),
+            "delta_official_projector": parameter_count(delta.model.multi_modal_projector),
+            "delta_shared_base_projector": parameter_count(models["delta shared_base"].model.multi_modal_projector),
             "mlp_projector": parameter_count(models["mlp2x_gelu"].model.multi_modal_projector),
         },
         "text_tokens": args.text_tokens,

@@ -16,20 +16,24 @@ import speed_cpu  # noqa: E402
 from measure import count_flops  # noqa: E402
 
 
-def tiny_for(projector_type: str, budget: int):
-    return tiny_config(projector_type=projector_type, num_visual_tokens=576 if projector_type == "mlp2x_gelu" else budget)
+def tiny_for(variant: str, budget: int):
+    projector_type, overrides = flops_real_size.PROJECTOR_VARIANTS[variant]
+    budget = 576 if projector_type == "mlp2x_gelu" else budget
+    return tiny_config(projector_type=projector_type, num_visual_tokens=budget, **overrides)
 
 
 @pytest.fixture(scope="module")
 def flop_rows():
     return flops_real_size.measure_flops(
-        tiny_for, budgets=[16, 4], projector_types=["delta", "mlp2x_gelu", "avgpool"], text_tokens=8, new_tokens=4
+        tiny_for, budgets=[16, 4], variants=["delta official", "delta shared_base", "mlp2x_gelu", "avgpool"],
+        text_tokens=8, new_tokens=4,
     )
 
 
 def test_flop_rows_have_every_component(flop_rows):
-    assert [(r["projector_type"], r["num_visual_tokens"]) for r in flop_rows] == [
-        ("delta", 16), ("delta", 4), ("mlp2x_gelu", 576), ("avgpool", 16), ("avgpool", 4)
+    assert [(r["variant"], r["num_visual_tokens"]) for r in flop_rows] == [
+        ("delta official", 16), ("delta official", 4), ("delta shared_base", 16), ("delta shared_base", 4),
+        ("mlp2x_gelu", 576), ("avgpool", 16), ("avgpool", 4),
     ]
     for row in flop_rows:
         flops = row["flops"]
@@ -40,7 +44,7 @@ def test_flop_rows_have_every_component(flop_rows):
 
 def test_prefill_falls_with_the_budget_and_vision_stays(flop_rows):
     by_budget = sorted(flop_rows, key=lambda r: -r["num_visual_tokens"])
-    prefill = [r["flops"]["prefill"] for r in by_budget if r["projector_type"] != "avgpool"]
+    prefill = [r["flops"]["prefill"] for r in by_budget if r["variant"] in ("delta official", "mlp2x_gelu")]
     assert all(a > b for a, b in zip(prefill, prefill[1:]))  # 576 > 16 > 4
     assert len({r["flops"]["vision"] for r in flop_rows}) == 1
     assert flop_rows[0]["flops"]["decode"] > flop_rows[1]["flops"]["decode"]  # longer cache, more attention
@@ -59,7 +63,7 @@ def test_mlp_projector_flops_are_two_matmuls_per_patch(flop_rows):
 
 
 def test_decode_shortcut_equals_every_step_counted_and_the_formula():
-    config = tiny_for("delta", 16)
+    config = tiny_for("delta official", 16)
     with torch.device("meta"):
         model = DeltaLlavaForConditionalGeneration(config)
     length, steps = 24, 5
@@ -108,17 +112,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def small_speed_config(projector_type: str, **overrides):
-    return speed_cpu.speed_config(
-        projector_type, tiny_text_config(), tiny_vision_config(), **tiny_projector_sizes(projector_type), **overrides
-    )
+def small_speed_config(variant: str, **overrides):
+    projector_type, layout = speed_cpu.PROJECTOR_VARIANTS[variant]
+    sizes = tiny_projector_sizes(projector_type, layout.get("delta_layout", "official"))
+    return speed_cpu.speed_config(variant, tiny_text_config(), tiny_vision_config(), **sizes, **overrides)
 
 
 def test_speed_sections_on_a_tiny_model(tmp_path, one_thread):
-    models = {kind: speed_cpu.build_model(small_speed_config(kind)).eval() for kind in ("mlp2x_gelu", "delta")}
+    models = {variant: speed_cpu.build_model(small_speed_config(variant)).eval() for variant in speed_cpu.MODEL_VARIANTS}
     inference = speed_cpu.measure_inference(models, [16, 4], text_tokens=6, new_tokens=3, repeats=1)
-    assert [(r["projector_type"], r["num_visual_tokens"]) for r in inference] == [
-        ("mlp2x_gelu", 576), ("delta", 16), ("delta", 4)
+    assert [(r["variant"], r["num_visual_tokens"]) for r in inference] == [
+        ("mlp2x_gelu", 576), ("delta official", 16), ("delta official", 4),
+        ("delta shared_base", 16), ("delta shared_base", 4),
     ]
     one = {"median": 1.0, "min": 1.0, "max": 1.0}
     assert inference[0]["ttft_speedup"] == one and inference[0]["decode_speedup"] == one
@@ -127,11 +132,16 @@ def test_speed_sections_on_a_tiny_model(tmp_path, one_thread):
         assert row["peak_extra_mib"] is None or row["peak_extra_mib"] >= 0
 
     projectors = speed_cpu.measure_projectors(small_speed_config, [16], repeats=1, models=models)
-    assert [r["projector_type"] for r in projectors] == ["mlp2x_gelu", "delta", "tokenpacker", "avgpool"]
+    assert [r["variant"] for r in projectors] == [
+        "mlp2x_gelu", "delta official", "delta shared_base", "tokenpacker", "avgpool"
+    ]
     assert projectors[0]["time_vs_mlp_576"] == one and all(r["forward_s"] > 0 for r in projectors)
+    assert projectors[0]["flops_vs_mlp_576"] == 1.0 and projectors[0]["time_over_flops_ratio"] == 1.0
+    config = small_speed_config("delta official")
+    assert projectors[1]["flops"] == speed_cpu.projector_flops(config, 16) > 0
 
     training = speed_cpu.measure_training(models, [4], [1, 2], text_tokens=6, batch_size=2, repeats=1)
-    assert [(r["stage"], r["num_visual_tokens"]) for r in training] == [(1, 576), (1, 4), (2, 576), (2, 4)]
+    assert [(r["stage"], r["num_visual_tokens"]) for r in training] == [(1, 576), (1, 4), (1, 4), (2, 576), (2, 4), (2, 4)]
     assert all(r["samples_per_s"] > 0 and r["speedup"]["min"] > 0 for r in training)
     assert training[0]["speedup"] == one
     assert training[1]["paper_speedup"] == pytest.approx(5041 / 992)  # table 4 pretraining: 1:24:01 / 0:16:32
@@ -142,7 +152,7 @@ def test_speed_sections_on_a_tiny_model(tmp_path, one_thread):
 
 
 def test_each_stage_trains_its_parts():
-    model = speed_cpu.build_model(small_speed_config("delta"))
+    model = speed_cpu.build_model(small_speed_config("delta official"))
     projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
     stage1 = speed_cpu.set_stage(model, 1)
     assert {id(p) for p in stage1} == projector

@@ -15,7 +15,10 @@ LEGACY_CHECKPOINT = Path(__file__).parent / "fixtures" / "shared_base_checkpoint
 
 
 def official_projector(**overrides) -> OfficialDeltaProjector:
-    return OfficialDeltaProjector(tiny_config(**overrides))
+    """An initialised official-layout projector of the tiny config."""
+    projector = DeltaLlavaForConditionalGeneration(tiny_config(**overrides)).model.multi_modal_projector
+    assert isinstance(projector, OfficialDeltaProjector)
+    return projector
 
 
 def test_a_checkpoint_saved_before_the_layouts_loads_as_shared_base_with_the_same_logits():
@@ -103,15 +106,16 @@ def test_point_to_region_attention_sees_only_the_patches_under_each_query():
 
 def test_drop_path_acts_only_while_training():
     torch.manual_seed(0)
-    projector = official_projector(drop_path_rate=0.5)
-    patches, memory = torch.randn(8, 576, 32), torch.randn(8, 2, 576, 32)
-    projector.eval()
+    block = official_projector(drop_path_rate=0.5).query_block
+    queries = torch.randn(16, 16, 32)
+    block.eval()
     with torch.no_grad():
-        first, second = projector(patches, memory, 4), projector(patches, memory, 4)
+        first, second = block(queries), block(queries)
         torch.testing.assert_close(first, second)
-        projector.train()
-        trained = projector(patches, memory, 4)
-    assert not torch.allclose(first, trained)
+        block.train()
+        trained = block(queries)
+    changed = (trained - first).flatten(1).abs().amax(dim=1) > 1e-4 * first.abs().max()
+    assert 0 < int(changed.sum()) <= 16  # whole samples' branches dropped (or rescaled), per sample
 
 
 @pytest.mark.parametrize("layout", DELTA_LAYOUTS)
