@@ -3,12 +3,23 @@
 import os
 
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from .configuration_delta_llava import DeltaLlavaConfig
 from .modeling_delta_llava import DeltaLlavaForConditionalGeneration
 
 PROJECTOR_PREFIX = "model.multi_modal_projector."
+IMAGE_TOKEN = "<image>"
+
+
+def tokenizer_with_image_token(name_or_path: str | os.PathLike):
+    """A LLaVA-family tokenizer with `<image>` added as a special token, padding with unk as LLaVA does."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
 
 
 def delta_llava_config_from_llava(llava_config, projector_type: str = "mlp2x_gelu", **overrides) -> DeltaLlavaConfig:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, LlamaConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, CLIPVisionModel, LlamaConfig
 
 from .configuration_delta_llava import DeltaLlavaConfig, default_memory_layers, patch_grid_size
+from .conversion import IMAGE_TOKEN, tokenizer_with_image_token
 from .modeling_delta_llava import DeltaLlavaForConditionalGeneration
 from .official_weights import convert_official_projector_weights, strip_checkpoint_prefix
 from .processing import DeltaLlavaProcessor
@@ -32,7 +33,6 @@ from .processing.processing_delta_llava import VICUNA_V1_CHAT_TEMPLATE
 # How the authors' scripts spell the projector type (`--mm_projector_type delatallava`); their builder builds the
 # Delta projector whatever the field says, so any of these means it.
 OFFICIAL_PROJECTOR_TYPES = ("delatallava", "deltallava", "delta_llava")
-IMAGE_TOKEN = "<image>"
 VOCAB_MULTIPLE = 64  # llava-hf pads the resized vocabulary to a multiple of 64 (32064 for Vicuna)
 LANGUAGE_MODEL_PREFIX = "model."
 VISION_TOWER_PREFIX = "model.vision_tower.vision_tower."
@@ -171,16 +171,6 @@ def load_language_model(model: DeltaLlavaForConditionalGeneration, state: dict[s
             f"{source}: the language model weights do not fit a {model.config.text_config.model_type} model: missing "
             f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}."
         )
-
-
-def tokenizer_with_image_token(name_or_path: str | Path):
-    """The checkpoint's tokenizer with `<image>` added as a special token and unk as padding (LLaVA's v1 choice)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
 
 
 def write_folder(model, processor, output_dir: Path) -> Path:

@@ -8,19 +8,18 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
-    AutoTokenizer,
     BitsAndBytesConfig,
 )
 from transformers import initialization as init
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration, convert_llava_to_delta_llava
+from delta_llava.conversion import IMAGE_TOKEN, tokenizer_with_image_token
 from delta_llava.processing import DeltaLlavaProcessor
 
 from .arguments import DeltaLlavaModelArguments
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 PROJECTOR_FIELDS = (
     "projector_type",
     "delta_layout",
@@ -58,16 +57,6 @@ def build_processor(image_processor, tokenizer, config: DeltaLlavaConfig) -> Del
         use_object_tokens=config.use_object_tokens,
         max_object_tokens=config.max_object_tokens,
     )
-
-
-def tokenizer_with_image_token(name_or_path: str):
-    """The language model's tokenizer with `<image>` as a special token and a pad token (LLaVA pads with unk)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
 
 
 def build_from_towers(args: DeltaLlavaModelArguments, dtype: torch.dtype):
