@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole accuracy-vs-budget table as recorded in the README: every row once (seed 0), then seeds 1 and 2 where
 # the differences are small, then one merged table and plot (benchmarks/results/accuracy_vs_budget_combined.*).
-# About 2 hours on a 2-core CPU; each piece writes its own JSON after every training run, so a cut-short run keeps
-# what it finished, and a piece can be rerun alone.
+# About 2 hours 45 minutes on a 2-core CPU (the official-layout rows add ~40 min); each piece writes its own JSON
+# after every training run, so a cut-short run keeps what it finished, and a piece can be rerun alone.
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -17,5 +17,10 @@ python accuracy_vs_budget.py "${common[@]}" --rows delta avgpool tokenpacker --b
     --output_dir ../outputs/accuracy_seeds_low --results_name accuracy_vs_budget_seeds_low
 python accuracy_vs_budget.py "${common[@]}" --rows elastic --budgets 144 36 16 9 4 1 --seeds 1 2 --seeded_rows elastic \
     --output_dir ../outputs/accuracy_seeds_elastic --results_name accuracy_vs_budget_seeds_elastic
+python accuracy_vs_budget.py "${common[@]}" --rows official --budgets 36 4 1 16 144 \
+    --output_dir ../outputs/accuracy_official --results_name accuracy_vs_budget_official_rerun
+python accuracy_vs_budget.py "${common[@]}" --rows official --budgets 36 4 1 --seeds 1 2 --seeded_rows official \
+    --output_dir ../outputs/accuracy_official_seeds --results_name accuracy_vs_budget_official_seeds_rerun
 python merge_accuracy_runs.py accuracy_vs_budget_all_rows accuracy_vs_budget_seeds_36 accuracy_vs_budget_seeds_low \
-    accuracy_vs_budget_seeds_elastic --results_name accuracy_vs_budget_rerun_combined
+    accuracy_vs_budget_seeds_elastic accuracy_vs_budget_official_rerun accuracy_vs_budget_official_seeds_rerun \
+    --results_name accuracy_vs_budget_rerun_combined

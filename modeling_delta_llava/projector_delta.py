@@ -1,5 +1,7 @@
 """The Delta-LLaVA projector: base-then-specialize alignment of the patch grid into g*g LLM tokens (section 4)."""
 
+import math
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from .projector_layers import (
     resize_tokens,
     sincos_position_embedding,
 )
-from .windowed_cross_attention import WindowedCrossAttention
+from .windowed_cross_attention import WindowedCrossAttention, effective_window
 
 
 class DeltaProjector(nn.Module):
@@ -68,19 +70,29 @@ class DeltaProjector(nn.Module):
         if self.transformer_block is not None:
             queries = self.transformer_block(queries)
 
-        keys, values = self.project_memory(memory)
-        tokens = self.cross_attention(queries, keys, values)
+        windows_per_side = query_side // effective_window(query_side, self.cross_attention.window_size)
+        key_regions, value_regions = self.project_memory_regions(memory, windows_per_side)
+        tokens = self.cross_attention.attend(queries, key_regions, value_regions)
         return self.refinement(self.output_map(tokens))
 
-    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory (B, L, N, C) -> keys, values (B, L, N, d); level l reads its own key/value roles."""
+    def project_memory_regions(self, memory: torch.Tensor, windows_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        memory (B, L, G*G, C) -> keys, values (B * n^2, L*R*R, d) with n = windows_per_side and R = G/n: level l
+        reads its own key/value roles, and each level's result is written straight into the region each query window
+        attends to (`partition_memory_regions` order), so the keys and values are gathered once, not stacked first.
+        """
+        batch, levels, tokens, _ = memory.shape
+        region = math.isqrt(tokens) // windows_per_side
+        shape = (batch, windows_per_side, windows_per_side, levels, region, region, self.output_map.in_features)
+        key_regions, value_regions = memory.new_empty(shape), memory.new_empty(shape)
         normed = self.memory_norm(memory)
-        keys, values = [], []
-        for level, (key_role, value_role) in enumerate(self.memory_roles):
-            key, value = self.delta_projection(normed[:, level], [key_role, value_role])
-            keys.append(key)
-            values.append(value)
-        return torch.stack(keys, dim=1), torch.stack(values, dim=1)
+        for level, roles in enumerate(self.memory_roles):
+            projected = self.delta_projection.project_2d(normed[:, level].flatten(0, 1), roles)
+            for regions, values in zip((key_regions, value_regions), projected):
+                grid = values.view(batch, windows_per_side, region, windows_per_side, region, -1)
+                regions[:, :, :, level] = grid.permute(0, 1, 3, 2, 4, 5)
+        flat = (batch * windows_per_side**2, levels * region * region, shape[-1])
+        return key_regions.view(flat), value_regions.view(flat)
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """Object or global tokens (B, K, C) -> (B, K, D) through their own Delta role, the output map and the FFN."""

@@ -58,16 +58,20 @@ class WindowedCrossAttention(nn.Module):
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """queries (B, g*g, d); keys, values (B, L, G*G, d) -> (B, g*g, d)."""
         batch, num_queries, width = queries.shape
-        side = math.isqrt(num_queries)
+        windows_per_side = math.isqrt(num_queries) // effective_window(math.isqrt(num_queries), self.window_size)
         grid = math.isqrt(keys.shape[2])
-        window = effective_window(side, self.window_size)
-        windows_per_side = side // window
-
-        query_windows = partition_query_windows(self.query_norm(queries).view(batch, side, side, width), window)
         memory_shape = (batch, keys.shape[1], grid, grid, width)
         key_regions = partition_memory_regions(keys.reshape(memory_shape), windows_per_side)
         value_regions = partition_memory_regions(values.reshape(memory_shape), windows_per_side)
+        return self.attend(queries, key_regions, value_regions)
 
+    def attend(self, queries: torch.Tensor, key_regions: torch.Tensor, value_regions: torch.Tensor) -> torch.Tensor:
+        """queries (B, g*g, d); key/value regions (B * (g/w)^2, L*R*R, d), the memory under each query window in
+        `partition_memory_regions` order -> (B, g*g, d)."""
+        batch, num_queries, width = queries.shape
+        side = math.isqrt(num_queries)
+        window = effective_window(side, self.window_size)
+        query_windows = partition_query_windows(self.query_norm(queries).view(batch, side, side, width), window)
         attended = F.scaled_dot_product_attention(
             split_heads(query_windows, self.num_heads),
             split_heads(key_regions, self.num_heads),
