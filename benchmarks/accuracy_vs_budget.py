@@ -574,6 +574,8 @@ SERIES_STYLE = {
 }
 
 
+# The delta rows without a layout in their label were trained with the shared_base layout.
+LEGEND_NAMES = {"delta": "delta shared_base", "elastic": "elastic (shared_base)"}
 X_NUDGE = {"no EMHSA": 1.12, "no DeltaProjection": 1.25, "no transformer block": 1.4}  # ablations sit right of 36
 
 
@@ -583,7 +585,9 @@ def draw_series(axis, summary: list[dict], question_type: str, with_labels: bool
         points = sorted((e for e in summary if e["label"] == label), key=lambda e: e["tokens"])
         if not points:
             continue
-        name = f"{label} (k = all ... none, x = {points[0]['budget']} + object tokens)" if label == "objects" else label
+        name = LEGEND_NAMES.get(label, label)
+        if label == "objects":
+            name = f"{label} (k = all ... none, x = {points[0]['budget']} + object tokens)"
         axis.errorbar(
             [e["tokens"] * X_NUDGE.get(label, 1.0) for e in points],
             [e["accuracy"][question_type]["mean"] for e in points],
