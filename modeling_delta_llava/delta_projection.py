@@ -61,7 +61,7 @@ class DeltaProjection(nn.Module):
         shared = self.base(hidden_states)
         return [shared + self.updates[role](hidden_states) for role in roles]
 
-    def project_2d(self, hidden_states: torch.Tensor, roles: Sequence[str]) -> list[torch.Tensor]:
+    def project_rows(self, hidden_states: torch.Tensor, roles: Sequence[str]) -> list[torch.Tensor]:
         """`forward` for (M, C) inputs, each role's update added inside its matmul (no separate sum): (M, d) each."""
         if not self.use_delta:
             return [self.independent[role](hidden_states) for role in roles]

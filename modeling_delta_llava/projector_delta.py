@@ -87,9 +87,9 @@ class DeltaProjector(nn.Module):
         key_regions, value_regions = memory.new_empty(shape), memory.new_empty(shape)
         normed = self.memory_norm(memory)
         for level, roles in enumerate(self.memory_roles):
-            projected = self.delta_projection.project_2d(normed[:, level].flatten(0, 1), roles)
-            for regions, values in zip((key_regions, value_regions), projected):
-                grid = values.view(batch, windows_per_side, region, windows_per_side, region, -1)
+            projected = self.delta_projection.project_rows(normed[:, level].flatten(0, 1), roles)
+            for regions, rows in zip((key_regions, value_regions), projected):  # rows: (B*G*G, d), row-major grid
+                grid = rows.view(batch, windows_per_side, region, windows_per_side, region, -1)
                 regions[:, :, :, level] = grid.permute(0, 1, 3, 2, 4, 5)
         flat = (batch * windows_per_side**2, levels * region * region, shape[-1])
         return key_regions.view(flat), value_regions.view(flat)
