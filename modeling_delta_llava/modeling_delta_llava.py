@@ -8,6 +8,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
 from .delta_projection import LowRankUpdate
@@ -155,6 +156,27 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         )
         return (inputs_embeds == image_embedding).all(dim=-1)
 
+    def placeholder_mismatch(
+        self, num_placeholders: int, num_features: int, num_images: int, num_visual_tokens: int | None, has_objects: bool
+    ) -> ValueError:
+        """The error for placeholders that do not match the image features, naming both budgets when it can tell."""
+        budget = self.config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
+        message = (
+            f"The text has {num_placeholders} image placeholder tokens but the {num_images} image(s) produce "
+            f"{num_features} features at num_visual_tokens={budget}."
+        )
+        written = num_placeholders // num_images - int(self.config.use_global_token)
+        if not has_objects and num_placeholders % num_images == 0 and written in self.config.allowed_visual_token_counts():
+            message += (
+                f" The placeholders were written for num_visual_tokens={written} per image, but the model was called "
+                f"with num_visual_tokens={budget}: pass the processor's budget to the model (e.g. "
+                f"`model.generate(**inputs, num_visual_tokens={written})`)."
+            )
+        else:
+            message += " Build inputs with the processor using the num_visual_tokens / max_object_tokens you pass to the model."
+        return ValueError(message)
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -168,36 +190,36 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         max_object_tokens: int | None = None,
         **kwargs,
     ) -> DeltaLlavaModelOutputWithPast:
+        """
+        Without `pixel_values`, image placeholders in the text are ordinary tokens (their own embedding), as in
+        transformers' Llava: a text-only prompt that contains the image token stays usable, e.g. as an assistant
+        model's prefill in assisted decoding, where the assistant sees the ids but not the images.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-        num_placeholders = int(placeholder_mask.sum())
         image_features = None
         if pixel_values is not None:
             image_features = torch.cat(
                 self.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
             ).to(inputs_embeds.device, inputs_embeds.dtype)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            num_placeholders = int(placeholder_mask.sum())
             if num_placeholders != image_features.shape[0]:
-                raise ValueError(
-                    f"The text has {num_placeholders} image placeholder tokens but the images produce "
-                    f"{image_features.shape[0]} features. Build inputs with the processor using the same "
-                    "num_visual_tokens / max_object_tokens you pass to the model."
-                )
+                raise self.placeholder_mismatch(
+                    num_placeholders, image_features.shape[0], pixel_values.shape[0], num_visual_tokens,
+                    object_masks is not None and self.config.use_object_tokens,
+                )  # fmt: skip
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
-        elif num_placeholders:
-            raise ValueError(
-                f"The text has {num_placeholders} image placeholder tokens but no pixel_values were given; "
-                "pass the images (processor output `pixel_values`)."
-            )
 
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
         return DeltaLlavaModelOutputWithPast(
@@ -213,6 +235,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
     """Delta-LLaVA with a language modeling head: training with `labels` and `generate`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: DeltaLlavaConfig):
         super().__init__(config)
@@ -233,6 +256,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         """See [`DeltaLlavaModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -259,6 +283,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
             num_visual_tokens=num_visual_tokens,
             object_masks=object_masks,
             max_object_tokens=max_object_tokens,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -276,11 +301,30 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        """Images (and their masks) are read once, at prefill; cached decoding steps only see new text tokens."""
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            model_inputs.pop("object_masks", None)
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        object_masks: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        """Images (and their masks) are read once, at prefill; cached decoding steps only see new text tokens. The
+        arguments are named so that `generate(inputs_embeds=..., pixel_values=...)` reaches them."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["object_masks"] = object_masks
         return model_inputs
 
 

@@ -7,7 +7,7 @@ transformers and its sibling files by relative import.
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessorMixin
 
 from .image_inputs import ImageInput, pad_to_square, to_rgb_image
 from .object_mask_inputs import count_valid_masks, masks_to_model_input
@@ -197,7 +197,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
             (num_images, K_max, S, S) when object tokens are on and masks are given.
         """
         for modality in ("videos", "audio"):
-            if kwargs.pop(modality, None) is not None:
+            given = kwargs.pop(modality, None)
+            if given is not None and not (isinstance(given, (list, tuple)) and len(given) == 0):
                 raise ValueError(f"DeltaLlavaProcessor reads images and text only; got {modality}.")
         if images is None and text is None:
             raise ValueError("Pass `text` (with one image placeholder per image), `images`, or both.")
@@ -241,6 +242,18 @@ class DeltaLlavaProcessor(ProcessorMixin):
         if texts is not None:
             data.update(self._tokenize(texts, tokens_per_image, output_kwargs))
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """
+        Tokens each image costs in the text, for serving engines (vLLM's transformers backend calls this hook):
+        `image_sizes` is one (height, width) per image; `num_visual_tokens` / `max_object_tokens` may be passed as in
+        `__call__`. Object tokens depend on each image's masks, so they are not counted here (none without masks).
+        """
+        if image_sizes is None:
+            return MultiModalData()
+        budget = check_num_visual_tokens(kwargs.get("num_visual_tokens", self.num_visual_tokens))
+        per_image = budget + int(self.use_global_token)
+        return MultiModalData(num_image_tokens=[per_image] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
 
     @property
     def padding_colour(self) -> tuple[int, int, int]:

@@ -35,10 +35,15 @@ def test_loss_ignores_masked_labels_and_changes_with_the_image():
 
 def test_placeholder_mismatch_names_both_numbers():
     model = make_model()
-    with pytest.raises(ValueError, match="15 image placeholder tokens but the images produce 16 features"):
+    with pytest.raises(ValueError, match=r"15 image placeholder tokens but the 1 image\(s\) produce 16 features"):
         model(input_ids=torch.tensor([prompt(15)]), pixel_values=torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match="16 image placeholder tokens but no pixel_values"):
-        model(input_ids=torch.tensor([prompt(16)]))
+
+
+def test_budget_mismatch_names_both_budgets():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"written for num_visual_tokens=64 per image, but the model was called with "
+                                         r"num_visual_tokens=16.*num_visual_tokens=64\)"):  # fmt: skip
+        model(input_ids=torch.tensor([prompt(64), prompt(64)]), pixel_values=torch.randn(2, 3, 48, 48))
 
 
 def test_call_time_budget_changes_only_the_sequence_length():

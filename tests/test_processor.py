@@ -431,3 +431,25 @@ def test_pad_to_square_pads_images_and_masks_alike(tmp_path):
     assert without["object_masks"][0, 0, 0].min() == 1
     padded.save_pretrained(tmp_path)
     assert DeltaLlavaProcessor.from_pretrained(tmp_path).pad_to_square is True
+
+
+def test_an_empty_video_list_is_the_same_as_none():
+    processor = make_processor()
+    with_empty = processor(images=[image()], text="<image> what", videos=[])
+    plain = processor(images=[image()], text="<image> what")
+    assert with_empty.keys() == plain.keys()
+    assert all(torch.equal(with_empty[key], plain[key]) for key in plain)
+    with pytest.raises(ValueError, match="reads images and text only; got videos"):
+        processor(images=[image()], text="<image> what", videos=[np.zeros((2, 8, 8, 3))])
+
+
+def test_serving_engines_get_the_image_token_count_per_image():
+    processor = make_processor(num_visual_tokens=9, use_global_token=True)
+    data = processor._get_num_multimodal_tokens(image_sizes=[(20, 12), (336, 336)])
+    assert data.num_image_tokens == [10, 10] and data.num_image_patches == [1, 1]
+    assert processor._get_num_multimodal_tokens(image_sizes=[(20, 12)], num_visual_tokens=1).num_image_tokens == [2]
+    written = processor(images=[image()], text="<image>", num_visual_tokens=1)
+    assert image_counts(written) == [2]  # what the hook reports is what the processor writes
+    with pytest.raises(ValueError, match="num_visual_tokens=10 is not a valid budget"):
+        processor._get_num_multimodal_tokens(image_sizes=[(20, 12)], num_visual_tokens=10)
+    assert "num_image_tokens" not in processor._get_num_multimodal_tokens()
