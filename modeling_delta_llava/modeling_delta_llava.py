@@ -7,7 +7,8 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.utils import torch_compilable_check
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
@@ -75,6 +76,7 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # text and decoding steps; image prefill does not (README, tests)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, ZeroInitLinear):  # before the generic Linear init, which would mark it initialised
@@ -100,21 +102,29 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
         num_visual_tokens: int | None = None,
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
-    ) -> list[torch.FloatTensor]:
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
         """
-        pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w)] -> one (n_i, hidden_size) tensor per image with
-        n_i = [1 global token] + num_visual_tokens + [min(valid masks of image i, max_object_tokens) object tokens].
+        pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w)] -> the tower's output with `pooler_output` set to one
+        (n_i, hidden_size) tensor per image, n_i = [1 global token] + num_visual_tokens + [min(valid masks of image i,
+        max_object_tokens) object tokens]. `hidden_states` (always computed: the projector reads several layers) and,
+        with `output_attentions`, the tower's `attentions` come with it, as transformers' Llava returns them.
         """
         config = self.config
         num_visual_tokens = config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
         query_side = config.check_num_visual_tokens(num_visual_tokens)
-        hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        tower_outputs = self.vision_tower(
+            pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
+        )
+        hidden_states = tower_outputs.hidden_states
         num_patches = config.patch_grid_size**2
         selected = hidden_states[config.vision_feature_layer]
         patch_features = selected[:, -num_patches:]  # drops the CLS token of towers that have one
@@ -132,20 +142,26 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             )
             per_image.insert(0, global_token)
         tokens = torch.cat(per_image, dim=1)
+        features = list(tokens)
 
         max_object_tokens = config.max_object_tokens if max_object_tokens is None else max_object_tokens
-        if not (config.use_object_tokens and object_masks is not None and max_object_tokens > 0):
-            return list(tokens)
-        if object_masks.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"object_masks has masks for {object_masks.shape[0]} images but pixel_values has "
-                f"{pixel_values.shape[0]} images; pass one (K, h, w) mask stack per image."
-            )
-        kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
-        object_masks = object_masks[:, : max(kept, default=0)]
-        object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
-        object_tokens = self.multi_modal_projector.project_extra_tokens(object_features, "object")
-        return [torch.cat([image, objects[:count]]) for image, objects, count in zip(tokens, object_tokens, kept)]
+        if config.use_object_tokens and object_masks is not None and max_object_tokens > 0:
+            if object_masks.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"object_masks has masks for {object_masks.shape[0]} images but pixel_values has "
+                    f"{pixel_values.shape[0]} images; pass one (K, h, w) mask stack per image."
+                )
+            kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
+            object_masks = object_masks[:, : max(kept, default=0)]
+            object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
+            object_tokens = self.multi_modal_projector.project_extra_tokens(object_features, "object")
+            features = [torch.cat([image, objects[:count]]) for image, objects, count in zip(tokens, object_tokens, kept)]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=features,
+            hidden_states=hidden_states,
+            attentions=tower_outputs.attentions,
+        )
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor) -> torch.BoolTensor:
         """(B, T) positions of the `<image>` placeholders."""
@@ -158,8 +174,8 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
 
     def placeholder_mismatch(
         self, num_placeholders: int, num_features: int, num_images: int, num_visual_tokens: int | None, has_objects: bool
-    ) -> ValueError:
-        """The error for placeholders that do not match the image features, naming both budgets when it can tell."""
+    ) -> str:
+        """The error message for placeholders that do not match the image features, naming both budgets when it can."""
         budget = self.config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
         message = (
             f"The text has {num_placeholders} image placeholder tokens but the {num_images} image(s) produce "
@@ -174,7 +190,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             )
         else:
             message += " Build inputs with the processor using the num_visual_tokens / max_object_tokens you pass to the model."
-        return ValueError(message)
+        return message
 
     @can_return_tuple
     def forward(
@@ -202,16 +218,18 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
 
         image_features = None
         if pixel_values is not None:
-            image_features = torch.cat(
-                self.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
-            ).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_outputs = self.get_image_features(
+                pixel_values, num_visual_tokens, object_masks, max_object_tokens, return_dict=True
+            )
+            image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-            num_placeholders = int(placeholder_mask.sum())
-            if num_placeholders != image_features.shape[0]:
-                raise self.placeholder_mismatch(
-                    num_placeholders, image_features.shape[0], pixel_values.shape[0], num_visual_tokens,
+            torch_compilable_check(  # a hint instead of a graph break under torch.compile
+                placeholder_mask.sum() == image_features.shape[0],
+                lambda: self.placeholder_mismatch(
+                    int(placeholder_mask.sum()), image_features.shape[0], pixel_values.shape[0], num_visual_tokens,
                     object_masks is not None and self.config.use_object_tokens,
-                )  # fmt: skip
+                ),
+            )
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
 
         outputs = self.language_model(
@@ -252,9 +270,10 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         num_visual_tokens: int | None = None,
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
-    ) -> list[torch.FloatTensor]:
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
         """See [`DeltaLlavaModel.get_image_features`]."""
-        return self.model.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens)
+        return self.model.get_image_features(pixel_values, num_visual_tokens, object_masks, max_object_tokens, **kwargs)
 
     @can_return_tuple
     def forward(

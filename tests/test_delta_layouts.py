@@ -49,8 +49,8 @@ def test_object_and_global_tokens_in_both_layouts(layout):
     masks = torch.zeros(2, 3, 48, 48)
     masks[0, 0, :10], masks[0, 1, 10:], masks[1, 0, :, :5] = 1, 1, 1
     with torch.no_grad():
-        features = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks)
-        dropped = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks, max_object_tokens=0)
+        features = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks).pooler_output
+        dropped = model.get_image_features(torch.randn(2, 3, 48, 48), num_visual_tokens=4, object_masks=masks, max_object_tokens=0).pooler_output
     assert [f.shape[0] for f in features] == [1 + 4 + 2, 1 + 4 + 1]
     assert [f.shape[0] for f in dropped] == [1 + 4, 1 + 4]
 

@@ -61,7 +61,7 @@ def object_model(**overrides):
 def test_token_counts_per_image_follow_the_masks():
     model = object_model()
     with torch.no_grad():
-        features = model.get_image_features(torch.randn(2, 3, 48, 48), object_masks=object_masks())
+        features = model.get_image_features(torch.randn(2, 3, 48, 48), object_masks=object_masks()).pooler_output
     assert [f.shape[0] for f in features] == [1 + 16 + 3, 1 + 16 + 2]
 
 
@@ -69,9 +69,9 @@ def test_dropping_object_tokens_keeps_every_other_value():
     model = object_model()
     pixels, masks = torch.randn(2, 3, 48, 48), object_masks()
     with torch.no_grad():
-        everything = model.get_image_features(pixels, object_masks=masks)
-        first_one = model.get_image_features(pixels, object_masks=masks, max_object_tokens=1)
-        none = model.get_image_features(pixels, object_masks=masks, max_object_tokens=0)
+        everything = model.get_image_features(pixels, object_masks=masks).pooler_output
+        first_one = model.get_image_features(pixels, object_masks=masks, max_object_tokens=1).pooler_output
+        none = model.get_image_features(pixels, object_masks=masks, max_object_tokens=0).pooler_output
     for full, kept, dropped in zip(everything, first_one, none):
         assert kept.shape[0] == 1 + 16 + 1 and dropped.shape[0] == 1 + 16
         torch.testing.assert_close(kept, full[: 1 + 16 + 1])
@@ -99,9 +99,9 @@ def test_a_config_without_object_tokens_is_unchanged():
     with_objects.load_state_dict(plain.state_dict(), strict=False)
     pixels, masks = torch.randn(2, 3, 48, 48), object_masks()
     with torch.no_grad():
-        reference = plain.get_image_features(pixels)
-        ignored = plain.get_image_features(pixels, object_masks=masks)
-        switched_off = with_objects.get_image_features(pixels, object_masks=masks, max_object_tokens=0)
+        reference = plain.get_image_features(pixels).pooler_output
+        ignored = plain.get_image_features(pixels, object_masks=masks).pooler_output
+        switched_off = with_objects.get_image_features(pixels, object_masks=masks, max_object_tokens=0).pooler_output
     for a, b, c in zip(reference, ignored, switched_off):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c[1:])  # the same visual tokens after the global token

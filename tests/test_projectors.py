@@ -32,7 +32,7 @@ def test_every_budget_with_the_same_weights(projector_type, layout):
     pixel_values = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         for budget in BUDGETS:
-            features = model.get_image_features(pixel_values, num_visual_tokens=budget)
+            features = model.get_image_features(pixel_values, num_visual_tokens=budget).pooler_output
             assert [tuple(f.shape) for f in features] == [(budget, 48)] * 2
             assert torch.isfinite(torch.stack(features)).all()
 
@@ -40,7 +40,7 @@ def test_every_budget_with_the_same_weights(projector_type, layout):
 def test_mlp_projector_keeps_every_patch():
     model = DeltaLlavaForConditionalGeneration(tiny_config(projector_type="mlp2x_gelu", num_visual_tokens=576)).eval()
     with torch.no_grad():
-        features = model.get_image_features(torch.randn(1, 3, 48, 48))
+        features = model.get_image_features(torch.randn(1, 3, 48, 48)).pooler_output
     assert features[0].shape == (576, 48)
 
 

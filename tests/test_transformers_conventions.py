@@ -71,3 +71,41 @@ def test_the_tied_lm_head_has_a_tensor_parallel_plan():
     assert DeltaLlavaForConditionalGeneration._tp_plan == {"lm_head": "colwise_gather_output"}
     model = make_model()
     assert model.tp_plan.get("lm_head") == "colwise_gather_output"
+
+
+def test_image_features_come_as_the_towers_output_with_pooler_output():
+    model = make_model(use_global_token=True)
+    model.set_attn_implementation("eager")  # SDPA returns no attention weights
+    pixels = image_inputs()["pixel_values"]
+    with torch.no_grad():
+        outputs = model.get_image_features(pixels, num_visual_tokens=4, output_attentions=True)
+        as_tuple = model.get_image_features(pixels, num_visual_tokens=4, return_dict=False)
+    assert [tuple(f.shape) for f in outputs.pooler_output] == [(1 + 4, 48)]
+    assert len(outputs.hidden_states) == model.config.vision_config.num_hidden_layers + 1
+    assert len(outputs.attentions) == model.config.vision_config.num_hidden_layers
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], outputs.last_hidden_state)
+    torch.testing.assert_close(as_tuple[1][0], outputs.pooler_output[0])
+
+
+def test_static_cache_generation_equals_the_dynamic_cache():
+    model = make_model()
+    inputs = image_inputs()
+    dynamic = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    static = model.generate(**inputs, max_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, dynamic)
+
+
+def test_decoding_forward_compiles_with_fullgraph_and_matches_eager():
+    """What `_can_compile_fullgraph` promises: the forward of text and decoding steps (no pixel_values) compiles
+    without graph breaks. Image prefill does not: the CLIP tower's hidden-state capture in transformers holds a lock
+    context manager that TorchDynamo cannot trace (checked here, so the README's statement stays true)."""
+    assert DeltaLlavaForConditionalGeneration._can_compile_fullgraph
+    model = make_model()
+    input_ids = torch.tensor([[1, 5, 6, IMAGE, 7, 8]])
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=input_ids).logits, model(input_ids=input_ids).logits)
+        with pytest.raises(Exception, match="Unsupported context manager"):
+            compiled(**image_inputs())
