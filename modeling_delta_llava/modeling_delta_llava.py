@@ -192,6 +192,21 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             message += " Build inputs with the processor using the num_visual_tokens / max_object_tokens you pass to the model."
         return message
 
+    @staticmethod
+    def reconcile_budgets(num_visual_tokens: int | None, visual_token_budget: int | torch.Tensor | None) -> int | None:
+        """The budget to project to: the call's `num_visual_tokens`, else the one the processor wrote placeholders
+        for (`visual_token_budget` in its output); a call that asks for another budget than the processor's fails."""
+        if visual_token_budget is None:
+            return num_visual_tokens
+        written = int(visual_token_budget)
+        if num_visual_tokens is not None and num_visual_tokens != written:
+            raise ValueError(
+                f"The processor wrote image placeholders for num_visual_tokens={written} but the model was called with "
+                f"num_visual_tokens={num_visual_tokens}. Pass the same budget to both (or drop it from the model call: "
+                "the model then uses the processor's)."
+            )
+        return written
+
     @can_return_tuple
     def forward(
         self,
@@ -204,6 +219,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         num_visual_tokens: int | None = None,
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
+        visual_token_budget: int | torch.Tensor | None = None,
         **kwargs,
     ) -> DeltaLlavaModelOutputWithPast:
         """
@@ -218,6 +234,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
 
         image_features = None
         if pixel_values is not None:
+            num_visual_tokens = self.reconcile_budgets(num_visual_tokens, visual_token_budget)
             image_outputs = self.get_image_features(
                 pixel_values, num_visual_tokens, object_masks, max_object_tokens, return_dict=True
             )
@@ -288,6 +305,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         num_visual_tokens: int | None = None,
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
+        visual_token_budget: int | torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> DeltaLlavaCausalLMOutputWithPast:
@@ -302,6 +320,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
             num_visual_tokens=num_visual_tokens,
             object_masks=object_masks,
             max_object_tokens=max_object_tokens,
+            visual_token_budget=visual_token_budget,
             return_dict=True,
             **kwargs,
         )

@@ -193,7 +193,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
 
         Returns:
             `BatchFeature` with `input_ids` and `attention_mask` (batch, seq_len) when text is given,
-            `pixel_values` (num_images, 3, H, W) when images are given, and `object_masks`
+            `pixel_values` (num_images, 3, H, W) and `visual_token_budget` (the `num_visual_tokens` the placeholders
+            were written for; the model checks it against its own budget) when images are given, and `object_masks`
             (num_images, K_max, S, S) when object tokens are on and masks are given.
         """
         for modality in ("videos", "audio"):
@@ -241,7 +242,11 @@ class DeltaLlavaProcessor(ProcessorMixin):
             ]
         if texts is not None:
             data.update(self._tokenize(texts, tokens_per_image, output_kwargs))
-        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+            if flat_images:  # the budget the placeholders were written for, so the model projects to the same count
+                data["visual_token_budget"] = num_visual_tokens
+        return BatchFeature(
+            data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets", "visual_token_budget"]
+        )
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """
@@ -263,7 +268,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        names = ["input_ids", "attention_mask", "pixel_values"]
+        names = ["input_ids", "attention_mask", "pixel_values", "visual_token_budget"]
         return names + ["object_masks"] if self.use_object_tokens else names
 
     def _text_batch(self, text: str | list[str] | None) -> list[str] | None:

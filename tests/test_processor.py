@@ -60,7 +60,7 @@ def test_one_image_expands_to_the_budget_in_place():
     assert ids == [tokenizer().bos_token_id, *words[0]] + [image_id()] * 4 + words[1]
     assert inputs["pixel_values"].shape == (1, 3, SIDE, SIDE) and inputs["pixel_values"].dtype == torch.float32
     assert inputs["attention_mask"].tolist() == [[1] * len(ids)]
-    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "visual_token_budget"}
 
 
 @pytest.mark.parametrize("budget", [1, 9, 16, 576])
@@ -174,7 +174,7 @@ def test_decode_and_model_input_names():
     ids = processor(text="a red circle")["input_ids"]
     assert processor.batch_decode(ids, skip_special_tokens=True) == ["a red circle"]
     assert processor.decode(ids[0]) == "<s> a red circle"
-    assert processor.model_input_names == ["input_ids", "attention_mask", "pixel_values"]
+    assert processor.model_input_names == ["input_ids", "attention_mask", "pixel_values", "visual_token_budget"]
     assert make_processor(use_object_tokens=True).model_input_names[-1] == "object_masks"
 
 
@@ -437,8 +437,8 @@ def test_an_empty_video_list_is_the_same_as_none():
     processor = make_processor()
     with_empty = processor(images=[image()], text="<image> what", videos=[])
     plain = processor(images=[image()], text="<image> what")
-    assert with_empty.keys() == plain.keys()
-    assert all(torch.equal(with_empty[key], plain[key]) for key in plain)
+    assert with_empty.keys() == plain.keys() and with_empty["visual_token_budget"] == plain["visual_token_budget"] == 4
+    assert all(torch.equal(with_empty[key], plain[key]) for key in ("input_ids", "attention_mask", "pixel_values"))
     with pytest.raises(ValueError, match="reads images and text only; got videos"):
         processor(images=[image()], text="<image> what", videos=[np.zeros((2, 8, 8, 3))])
 

@@ -109,3 +109,27 @@ def test_decoding_forward_compiles_with_fullgraph_and_matches_eager():
         torch.testing.assert_close(compiled(input_ids=input_ids).logits, model(input_ids=input_ids).logits)
         with pytest.raises(Exception, match="Unsupported context manager"):
             compiled(**image_inputs())
+
+
+def test_the_processor_records_its_budget_and_the_model_checks_it():
+    from delta_llava.processing import DeltaLlavaProcessor
+    from delta_llava.training.local_tokenizer import build_word_level_tokenizer
+    from transformers import CLIPImageProcessor
+
+    model = make_model()
+    processor = DeltaLlavaProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}),
+        build_word_level_tokenizer(["what", "is", "it"]),
+        num_visual_tokens=4,
+    )
+    model.config.image_token_id = processor.image_token_id
+    inputs = processor(images=[torch.rand(3, 48, 48)], text="<image> what is it")
+    assert inputs["visual_token_budget"] == 4
+    with torch.no_grad():
+        implicit = model(**inputs).logits  # the model projects to the processor's budget
+        explicit = model(**inputs, num_visual_tokens=4).logits
+        torch.testing.assert_close(implicit, explicit)
+        with pytest.raises(ValueError, match=r"placeholders for num_visual_tokens=4 but the model was called with "
+                                             r"num_visual_tokens=16"):  # fmt: skip
+            model(**inputs, num_visual_tokens=16)
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3

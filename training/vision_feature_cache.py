@@ -2,10 +2,10 @@
 
 import hashlib
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 
 def image_key(pixels: torch.Tensor) -> bytes:
@@ -27,7 +27,7 @@ def cached_vision_tower(tower: nn.Module, layers: list[int]):
     depth = tower.config.num_hidden_layers + 1
     kept = sorted({layer % depth for layer in layers})
 
-    def forward(pixel_values: torch.Tensor, output_hidden_states: bool = True, **kwargs):
+    def forward(pixel_values: torch.Tensor, output_hidden_states: bool = True, output_attentions=None, **kwargs):
         keys = [image_key(image) for image in pixel_values]
         missing = [i for i, key in enumerate(keys) if key not in store]
         if missing:
@@ -39,7 +39,8 @@ def cached_vision_tower(tower: nn.Module, layers: list[int]):
         hidden_states = [None] * depth
         for layer, tensor in zip(kept, stacked):
             hidden_states[layer] = tensor
-        return SimpleNamespace(hidden_states=tuple(hidden_states))
+        # the last hidden state only where it is one of the kept layers; attentions are never stored
+        return BaseModelOutput(last_hidden_state=hidden_states[-1], hidden_states=tuple(hidden_states))
 
     tower.forward = forward
     try:
