@@ -8,7 +8,8 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
-from transformers.utils import torch_compilable_check
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, torch_compilable_check
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
@@ -220,7 +221,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
         visual_token_budget: int | torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DeltaLlavaModelOutputWithPast:
         """
         Without `pixel_values`, image placeholders in the text are ordinary tokens (their own embedding), as in
@@ -307,7 +308,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         max_object_tokens: int | None = None,
         visual_token_budget: int | torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DeltaLlavaCausalLMOutputWithPast:
         """`labels` (B, T) use -100 on positions without loss (prompt, padding, image placeholders)."""
         outputs = self.model(

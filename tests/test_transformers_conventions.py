@@ -133,3 +133,17 @@ def test_the_processor_records_its_budget_and_the_model_checks_it():
                                              r"num_visual_tokens=16"):  # fmt: skip
             model(**inputs, num_visual_tokens=16)
     assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_attentions_and_hidden_states_of_the_language_model_on_request():
+    model = make_model()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(**image_inputs(), output_attentions=True, output_hidden_states=True)
+    layers = model.config.text_config.num_hidden_layers
+    length = image_inputs()["input_ids"].shape[1]
+    assert len(eager.attentions) == layers and eager.attentions[0].shape[-2:] == (length, length)
+    assert len(eager.hidden_states) == layers + 1
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**image_inputs()).logits, eager.logits, rtol=1e-4, atol=1e-5)
