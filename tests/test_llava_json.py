@@ -180,16 +180,37 @@ def test_rows_without_id_are_reported_by_position(tmp_path, image_folder):
     assert report.bad_rows[0].id == "#1"
 
 
-def test_verify_images_catches_unreadable_files(tmp_path, image_folder):
-    records = [{"id": "broken", "image": "broken.png", "conversations": qa("<image>\nWhat?")}, GOOD_RECORDS[0]]
+def test_images_are_verified_by_default_and_a_truncated_jpeg_is_a_bad_row(tmp_path, image_folder):
+    Image.new("RGB", (64, 48), "blue").save(image_folder / "whole.jpg", quality=90)
+    (image_folder / "truncated.jpg").write_bytes((image_folder / "whole.jpg").read_bytes()[:300])
+    records = [
+        {"id": "broken", "image": "broken.png", "conversations": qa("<image>\nWhat?")},
+        {"id": "cut", "image": "truncated.jpg", "conversations": qa("<image>\nWhat?")},
+        {"id": "fine", "image": "whole.jpg", "conversations": qa("<image>\nWhat?")},
+    ]
     path = write_json(tmp_path / "data.json", records)
-    assert convert_llava_json(path, image_folder, "skip")[1].bad_rows == []
-    _, report = convert_llava_json(path, image_folder, "skip", verify_images=True)
-    assert [(row.id, row.reason) for row in report.bad_rows] == [("broken", "unreadable_image")]
+    _, report = convert_llava_json(path, image_folder, "skip")
+    assert [(row.id, row.reason) for row in report.bad_rows] == [("broken", "unreadable_image"), ("cut", "unreadable_image")]
+    assert "truncated.jpg" in report.bad_rows[1].detail
+    assert convert_llava_json(path, image_folder, "skip", verify_images=False)[1].bad_rows == []
+
+
+def test_image_paths_must_stay_inside_the_image_folder(tmp_path, image_folder):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.new("RGB", (4, 4), "black").save(secret / "creds.png")
+    (image_folder / "link.png").symlink_to(secret / "creds.png")
+    (image_folder / "inside_link.png").symlink_to(image_folder / "red.png")
+    escapes = {"dotdot": "../secret/creds.png", "absolute": str(secret / "creds.png"), "symlink": "link.png"}
+    records = [{"id": name, "image": image, "conversations": qa("<image>\nWhat?")} for name, image in escapes.items()]
+    records.append({"id": "ok", "image": "inside_link.png", "conversations": qa("<image>\nWhat?")})
+    dataset, report = convert_llava_json(write_json(tmp_path / "data.json", records), image_folder, "skip")
+    assert [(row.id, row.reason) for row in report.bad_rows] == [(name, "image_outside_folder") for name in escapes]
+    assert dataset["id"] == ["ok"]
 
 
 def test_every_reason_is_documented():
-    assert set(BAD_RECORDS) | {"unreadable_image"} == set(BAD_ROW_REASONS)
+    assert set(BAD_RECORDS) | {"unreadable_image", "image_outside_folder"} == set(BAD_ROW_REASONS)
 
 
 def test_invalid_arguments_and_inputs(tmp_path, image_folder):
