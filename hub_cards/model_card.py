@@ -106,18 +106,19 @@ def _tower_description(sub_config, kind: str) -> dict[str, str]:
 
 def _projector_rows(config: DeltaLlavaConfig) -> list[tuple[str, str]]:
     rows = [("projector", f"`{config.projector_type}`: {PROJECTOR_NAMES[config.projector_type]}")]
-    if config.uses_official_layout:
-        settings = (
-            f"layout `official` (the authors' module): width {config.projector_hidden_size}, rank-{config.delta_rank} "
-            f"updates of a separate base per query/key/value, point-to-region attention with heads of "
-            f"{config.projector_head_dim}, memory layers {config.memory_layers} concatenated"
-        )
-        rows.append(("projector settings", settings))
-    elif config.projector_type == "delta":
-        settings = (
-            f"layout `shared_base`: width {config.projector_hidden_size}, rank-{config.delta_rank} updates of a shared "
-            f"base, window {config.window_size}, memory layers {config.memory_layers}, FFN width {config.ffn_hidden_size}"
-        )
+    if config.projector_type == "delta":
+        if config.uses_official_layout:
+            settings = (
+                f"layout `official` (the authors' module): width {config.projector_hidden_size}, rank-"
+                f"{config.delta_rank} updates of a separate base per query/key/value, point-to-region attention with "
+                f"heads of {config.projector_head_dim}, memory layers {config.memory_layers} concatenated"
+            )
+        else:
+            settings = (
+                f"layout `shared_base`: width {config.projector_hidden_size}, rank-{config.delta_rank} updates of a "
+                f"shared base, window {config.window_size}, memory layers {config.memory_layers}, FFN width "
+                f"{config.ffn_hidden_size}"
+            )
         rows.append(("projector settings", settings))
         switched_off = [
             name for name in ("use_emhsa", "use_delta_projection", "use_transformer_block") if not getattr(config, name)

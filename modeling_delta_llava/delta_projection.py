@@ -56,13 +56,12 @@ class DeltaProjection(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, roles: Sequence[str]) -> list[torch.Tensor]:
         """(..., C) -> one (..., d) tensor per role, in the order asked."""
-        if not self.use_delta:
-            return [self.independent[role](hidden_states) for role in roles]
-        shared = self.base(hidden_states)
-        return [shared + self.updates[role](hidden_states) for role in roles]
+        rows = self.project_rows(hidden_states.reshape(-1, hidden_states.shape[-1]), roles)
+        return [projected.view(*hidden_states.shape[:-1], -1) for projected in rows]
 
     def project_rows(self, hidden_states: torch.Tensor, roles: Sequence[str]) -> list[torch.Tensor]:
-        """`forward` for (M, C) inputs, each role's update added inside its matmul (no separate sum): (M, d) each."""
+        """(M, C) -> one (M, d) tensor per role; the shared base product is computed once and each role's update is
+        added inside its own matmul."""
         if not self.use_delta:
             return [self.independent[role](hidden_states) for role in roles]
         shared = self.base(hidden_states)

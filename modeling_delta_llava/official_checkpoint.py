@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, C
 from .configuration_delta_llava import DeltaLlavaConfig, default_memory_layers, patch_grid_size
 from .conversion import IMAGE_TOKEN, tokenizer_with_image_token
 from .modeling_delta_llava import DeltaLlavaForConditionalGeneration
-from .official_weights import convert_official_projector_weights, strip_checkpoint_prefix
+from .official_weights import convert_official_projector_weights
 from .processing import DeltaLlavaProcessor
 from .processing.processing_delta_llava import VICUNA_V1_CHAT_TEMPLATE
 
@@ -37,7 +37,11 @@ VOCAB_MULTIPLE = 64  # llava-hf pads the resized vocabulary to a multiple of 64 
 LANGUAGE_MODEL_PREFIX = "model."
 VISION_TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
-NORMALIZED_PROJECTOR_TYPES = {"".join(ch for ch in name if ch.isalnum()) for name in OFFICIAL_PROJECTOR_TYPES}
+
+
+def normalized_projector_type(name: str) -> str:
+    """Lower-case letters and digits only, so `delta_llava`, `Delta-LLaVA` and `deltallava` compare equal."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def read_official_config(folder: Path) -> dict:
@@ -47,7 +51,7 @@ def read_official_config(folder: Path) -> dict:
         raise FileNotFoundError(f"{path} does not exist: pass the folder the authors' training wrote (config.json + weights).")
     config = json.loads(path.read_text())
     projector_type = str(config.get("mm_projector_type", ""))
-    if "".join(ch for ch in projector_type.lower() if ch.isalnum()) not in NORMALIZED_PROJECTOR_TYPES:
+    if normalized_projector_type(projector_type) not in map(normalized_projector_type, OFFICIAL_PROJECTOR_TYPES):
         raise ValueError(
             f"{path}: mm_projector_type={projector_type!r} is not the authors' Delta-LLaVA projector (spelled "
             f"{list(OFFICIAL_PROJECTOR_TYPES)}). A LLaVA-1.5 MLP checkpoint converts with "
@@ -97,12 +101,11 @@ def query_side_for(scale_factor: int, grid: int) -> int:
     return grid // scale_factor
 
 
-def projector_widths(projector_state: dict[str, torch.Tensor], vision_width: int, memory_levels: int) -> dict:
-    """Projector fields read off the authors' weights (their module hard-codes CLIP-L's widths; a checkpoint says
-    what it was trained with): width d, rank, the Next-ViT head width; cross-attention heads stay the authors' 8."""
-    weights = strip_checkpoint_prefix(projector_state)
-    query_base = weights["q_proj_1.shared_weight.weight"]
-    key_base = weights["k_proj_1.shared_weight.weight"]
+def projector_widths(converted: dict[str, torch.Tensor], vision_width: int, memory_levels: int) -> dict:
+    """Projector fields read off the converted authors' weights (their module hard-codes CLIP-L's widths; a checkpoint
+    says what it was trained with): width d, rank, the Next-ViT head width; cross-attention heads stay the authors' 8."""
+    query_base = converted["query_projection.base.weight"]
+    key_base = converted["key_projection.base.weight"]
     if query_base.shape[1] != vision_width or key_base.shape[1] != memory_levels * vision_width:
         raise ValueError(
             f"The projector reads {query_base.shape[1]} query and {key_base.shape[1]} key channels, but the vision "
@@ -112,9 +115,9 @@ def projector_widths(projector_state: dict[str, torch.Tensor], vision_width: int
     width = query_base.shape[0]
     return {
         "projector_hidden_size": width,
-        "delta_rank": weights["q_proj_1.U"].shape[1],
+        "delta_rank": converted["query_projection.update.down"].shape[0],
         "projector_head_dim": width // 8,
-        "ntb_head_dim": weights["combined_block.ntb.mhca.group_conv3x3.weight"].shape[1],
+        "ntb_head_dim": converted["query_block.conv_attention.grouped_conv.weight"].shape[1],
     }
 
 
@@ -144,7 +147,7 @@ def build_model(
         num_visual_tokens=query_side_for(scale_factor, grid) ** 2,
         vision_feature_layer=select_layer,
         memory_layers=memory_layers,
-        **projector_widths(projector_state, vision_config.hidden_size, len(memory_layers)),
+        **projector_widths(converted, vision_config.hidden_size, len(memory_layers)),
     )
     model = DeltaLlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(CLIPVisionModel.from_pretrained(vision_tower).state_dict())

@@ -56,12 +56,7 @@ def convert_official_projector_weights(state_dict: dict[str, torch.Tensor]) -> d
     projection becomes separate query/key/value maps. Raises a KeyError naming every missing or unknown tensor.
     """
     source = strip_checkpoint_prefix(state_dict)
-    converted, used = {}, set()
-
-    def take(name: str) -> torch.Tensor:
-        used.add(name)
-        return source[name]
-
+    converted = {}
     missing = [name for name in expected_official_keys() if name not in source]
     unknown = sorted(set(source) - set(expected_official_keys()))
     if missing or unknown:
@@ -70,20 +65,20 @@ def convert_official_projector_weights(state_dict: dict[str, torch.Tensor]) -> d
             "tensors stored under `model.mm_projector.` (stage 2) or in `mm_projector.bin` (stage 1)."
         )
     for theirs, ours in RENAMES.items():
-        tensor = take(theirs)
+        tensor = source[theirs]
         converted[ours] = tensor.flatten(1) if ours in SQUEEZED_CONVS else tensor
     for theirs, ours in ROLES.items():
-        converted[f"{ours}.base.weight"] = take(f"{theirs}.shared_weight.weight")
-        converted[f"{ours}.update.down"] = take(f"{theirs}.U").T.contiguous()
-        converted[f"{ours}.update.up"] = take(f"{theirs}.V").T.contiguous()
-        converted[f"{ours}.norm.weight"] = take(f"{theirs}.norm.weight")
-        converted[f"{ours}.norm.bias"] = take(f"{theirs}.norm.bias")
+        converted[f"{ours}.base.weight"] = source[f"{theirs}.shared_weight.weight"]
+        converted[f"{ours}.update.down"] = source[f"{theirs}.U"].T.contiguous()
+        converted[f"{ours}.update.up"] = source[f"{theirs}.V"].T.contiguous()
+        converted[f"{ours}.norm.weight"] = source[f"{theirs}.norm.weight"]
+        converted[f"{ours}.norm.bias"] = source[f"{theirs}.norm.bias"]
     prefix = "combined_block.ntb.e_mhsa."
     for kind in ("weight", "bias"):
         converted[f"query_block.self_attention.key_value.{kind}"] = torch.cat(
-            [take(f"{prefix}k.{kind}"), take(f"{prefix}v.{kind}")]
+            [source[f"{prefix}k.{kind}"], source[f"{prefix}v.{kind}"]]
         )
-        for role, tensor in zip(("query", "key", "value"), take(f"clip_attn.in_proj_{kind}").chunk(3)):
+        for role, tensor in zip(("query", "key", "value"), source[f"clip_attn.in_proj_{kind}"].chunk(3)):
             converted[f"cross_attention.{role}.{kind}"] = tensor
     return converted
 

@@ -58,7 +58,8 @@ class WindowedCrossAttention(nn.Module):
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """queries (B, g*g, d); keys, values (B, L, G*G, d) -> (B, g*g, d)."""
         batch, num_queries, width = queries.shape
-        windows_per_side = math.isqrt(num_queries) // effective_window(math.isqrt(num_queries), self.window_size)
+        side = math.isqrt(num_queries)
+        windows_per_side = side // effective_window(side, self.window_size)
         grid = math.isqrt(keys.shape[2])
         memory_shape = (batch, keys.shape[1], grid, grid, width)
         key_regions = partition_memory_regions(keys.reshape(memory_shape), windows_per_side)

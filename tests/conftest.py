@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from delta_llava import DeltaLlavaConfig
+from delta_llava.configuration_delta_llava import DELTA_LAYOUTS as CONFIG_DELTA_LAYOUTS
 
 TINY_VOCAB_SIZE = 96
 TINY_IMAGE_TOKEN_ID = 95
@@ -43,7 +44,7 @@ def tiny_text_config(**overrides) -> dict:
 
 # Widths of each delta layout at the tiny vision width 32 (the official Next-ViT block splits it 24 + 8).
 TINY_LAYOUT_SIZES = {"official": {"ntb_head_dim": 8}, "shared_base": {"ffn_hidden_size": 64}}
-DELTA_LAYOUTS = list(TINY_LAYOUT_SIZES)
+DELTA_LAYOUTS = list(CONFIG_DELTA_LAYOUTS)
 
 
 def tiny_projector_sizes(projector_type: str = "delta", delta_layout: str = "official") -> dict:

@@ -285,3 +285,12 @@ def test_upload_failure_names_the_repo_and_leaves_no_partial_folder(
         export_checkpoints([checkpoint], out, [4, 1], repo_id_pattern="me/delta-tiny-{budget}", push=True)
     assert "Budgets 4 were exported and uploaded" in str(raised.value)
     assert [p.name for p in out.iterdir()] == ["delta-tiny-4"]  # finished and uploaded; the failed one left no trace
+
+
+@pytest.mark.parametrize("layout", ["official", "shared_base"])
+def test_card_rows_name_the_layout_and_its_ablations(layout):
+    from delta_llava.hub_cards.model_card import _projector_rows
+
+    rows = dict(_projector_rows(tiny_config(delta_layout=layout, use_emhsa=False)))
+    assert rows["projector settings"].startswith(f"layout `{layout}`")
+    assert rows["ablation"] == "`use_emhsa=False`"
