@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from delta_llava import DeltaLlavaConfig
+from delta_llava.modeling_delta_llava import build_projector
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PAPER_BUDGETS = [576, 144, 64, 36, 16, 4, 1]
@@ -58,6 +59,16 @@ def count_flops(function, *args, **kwargs) -> int:
     with FlopCounterMode(display=False) as counter:
         function(*args, **kwargs)
     return counter.get_total_flops()
+
+
+def projector_cost(config: DeltaLlavaConfig, budget: int) -> tuple[int, int]:
+    """(FLOPs of one image through `config`'s projector at `budget`, its parameter count), on the meta device."""
+    grid, width = config.patch_grid_size, config.vision_config.hidden_size
+    with torch.device("meta"):
+        projector = build_projector(config)
+        memory = torch.empty(1, len(config.memory_layers), grid * grid, width)
+        flops = count_flops(projector, torch.empty(1, grid * grid, width), memory, config.check_num_visual_tokens(budget))
+    return flops, sum(p.numel() for p in projector.parameters())
 
 
 def write_results(name: str, payload: dict, command: str) -> Path:

@@ -8,35 +8,21 @@ FlopCounterMode. Prints the authors' own module's figures beside the official la
 benchmarks/results/projector_cost.json.
 """
 
-import torch
-
-from delta_llava.modeling_delta_llava import build_projector
 from measure import (
     AUTHORS_PROJECTOR_GFLOPS,
     AUTHORS_PROJECTOR_PARAMETERS_M,
     PAPER_BUDGETS,
     PROJECTOR_VARIANTS,
-    count_flops,
     paper_config,
     print_table,
+    projector_cost,
     write_results,
 )
 
 
-def projector_cost(variant: str, budget: int) -> dict:
-    config = paper_config(variant, budget)
-    with torch.device("meta"):
-        projector = build_projector(config)
-        grid, width = config.patch_grid_size, config.vision_config.hidden_size
-        patches = torch.empty(1, grid * grid, width)
-        memory = torch.empty(1, len(config.memory_layers), grid * grid, width)
-        flops = count_flops(projector, patches, memory, config.check_num_visual_tokens(budget))
-    row = {
-        "variant": variant,
-        "num_visual_tokens": budget,
-        "parameters": sum(p.numel() for p in projector.parameters()),
-        "gflops": flops / 1e9,
-    }
+def cost_row(variant: str, budget: int) -> dict:
+    flops, parameters = projector_cost(paper_config(variant, budget), budget)
+    row = {"variant": variant, "num_visual_tokens": budget, "parameters": parameters, "gflops": flops / 1e9}
     if variant == "delta official" and budget in AUTHORS_PROJECTOR_GFLOPS:
         row["authors_gflops"] = AUTHORS_PROJECTOR_GFLOPS[budget]
     return row
@@ -46,7 +32,7 @@ def main() -> None:
     rows = []
     for variant, (projector_type, _) in PROJECTOR_VARIANTS.items():
         budgets = [576] if projector_type == "mlp2x_gelu" else PAPER_BUDGETS
-        rows += [projector_cost(variant, budget) for budget in budgets]
+        rows += [cost_row(variant, budget) for budget in budgets]
     print_table(
         ["projector", "tokens", "params (M)", "GFLOPs/image", "authors' module"],
         [

@@ -42,7 +42,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
 from delta_llava.modeling_delta_llava import PROJECTORS_READING_MEMORY, build_projector
-from measure import PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, count_flops, print_table, write_results
+from measure import PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, print_table, projector_cost, write_results
 
 TEXT_CONFIG = {
     "model_type": "llama",
@@ -317,15 +317,6 @@ def measure_inference(models: dict, budgets: list[int], text_tokens: int, new_to
     return rows
 
 
-def projector_flops(config: DeltaLlavaConfig, budget: int) -> int:
-    """FLOPs of one image through `config`'s projector at `budget`, counted on the meta device."""
-    grid, width = config.patch_grid_size, config.vision_config.hidden_size
-    with torch.device("meta"):
-        projector = build_projector(config)
-        memory = torch.empty(1, len(config.memory_layers), grid * grid, width)
-        return count_flops(projector, torch.empty(1, grid * grid, width), memory, config.check_num_visual_tokens(budget))
-
-
 def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: list[int], repeats: int,
                        models: dict | None = None) -> list[dict]:
     """Every projector variant at each budget (the MLP at the full grid), on the same random tower features, with
@@ -354,7 +345,7 @@ def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: 
     results = round_robin(tasks, repeats, warmup=False)
     rows = [
         {"variant": variant, "num_visual_tokens": budget, "parameters": parameter_count(projectors[variant]),
-         "flops": projector_flops(make_config(variant), budget),
+         "flops": projector_cost(make_config(variant), budget)[0],
          "runs": results[name]["runs"], "forward_s": median_of(results[name]["runs"], "forward_s")}
         for (variant, budget), name in zip(configs, tasks)
     ]
