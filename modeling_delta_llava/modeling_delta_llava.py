@@ -21,6 +21,11 @@ from .projector_delta_official import OfficialDeltaProjector
 from .projector_layers import ZeroInitLinear
 
 
+if torch.distributed.is_available():
+    from torch.distributed.fsdp import FSDPModule
+else:  # a torch build without distributed: nothing can be sharded
+    FSDPModule = ()
+
 PROJECTOR_CLASSES = {
     "mlp2x_gelu": MlpProjector,
     "tokenpacker": TokenPackerProjector,
@@ -35,6 +40,13 @@ def build_projector(config: DeltaLlavaConfig) -> nn.Module:
     if config.projector_type == "delta":
         return DELTA_PROJECTOR_CLASSES[config.delta_layout](config)
     return PROJECTOR_CLASSES[config.projector_type](config)
+
+
+def repeated_layer_classes(model: PreTrainedModel) -> set[str]:
+    """Names of the classes that `model` declares not to be split and that it stacks in a ModuleList (its layers)."""
+    declared = set(model._no_split_modules or ())
+    stacked = {type(layer).__name__ for child in model.modules() if isinstance(child, nn.ModuleList) for layer in child}
+    return declared & stacked
 
 
 @dataclass
@@ -70,9 +82,7 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = [
-        "OfficialDeltaProjector", "DeltaProjector", "TokenPackerProjector", "MlpProjector", "AvgPoolProjector"
-    ]
+    _no_split_modules = None  # set per instance by DeltaLlavaModel: the tower's and the LLM's layers, the projector
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -93,6 +103,19 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.up)
 
 
+    def save_pretrained(self, *args, **kwargs):
+        """
+        transformers' `save_pretrained`, run under the model's own class: FSDP2 swaps a sharded model's class for a
+        subclass defined in torch, and the saved `auto_map` and remote-code files would then name torch's module.
+        """
+        sharded_class = type(self)
+        self.__class__ = next(cls for cls in sharded_class.__mro__ if cls.__module__ == __name__)
+        try:
+            return super().save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = sharded_class
+
+
 class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
     """Vision tower + projector + language model, without the language modeling head."""
 
@@ -102,6 +125,12 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         self.multi_modal_projector = build_projector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
+        # post_init collects the children's lists, which name classes this model lacks (CLIP's text embeddings), and
+        # FSDP's transformer wrap policy fails on a name it cannot find
+        self._no_split_modules = {
+            *repeated_layer_classes(self.vision_tower), *repeated_layer_classes(self.language_model),
+            type(self.multi_modal_projector).__name__,
+        }  # fmt: skip
 
     @can_return_tuple
     def get_image_features(
@@ -277,7 +306,17 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         super().__init__(config)
         self.model = DeltaLlavaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.model.register_forward_hook(self._gather_sharded_lm_head)
         self.post_init()
+
+    def _gather_sharded_lm_head(self, *unused) -> None:
+        """
+        Under FSDP2, accelerate makes `lm_head` a unit of its own, gathered only when it runs. TRL's fused loss reads
+        `lm_head.weight` without running it, so each rank would update its slice with its own local gradient.
+        Gathering it once the backbone has run makes the weight whole, and FSDP then reduces its gradient.
+        """
+        if isinstance(self.lm_head, FSDPModule):
+            self.lm_head.unshard()
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head

@@ -1,5 +1,7 @@
 """Training with TRL's SFTTrainer: what each stage trains, LoRA, resume, elastic budgets and the saved checkpoint."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -145,26 +147,11 @@ def test_argument_errors_name_the_fix(parts):
 
 
 def test_two_process_ddp_ends_with_the_same_weights_on_both_ranks(parts, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from transformers import set_seed
 
-    config = Path(__file__).resolve().parents[1] / "training" / "accelerate_configs" / "cpu_ddp_2proc.yaml"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    parts_dir = str(Path(parts["vision_tower"]).parent)
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-        str(port), str(Path(__file__).parent / "ddp_train_script.py"), parts_dir, str(tmp_path),
-    ]  # fmt: skip
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from accelerate_launch import launch
+
+    launch("cpu_ddp_2proc.yaml", "ddp_train_script.py", str(Path(parts["vision_tower"]).parent), str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert all(rank["num_processes"] == 2 and rank["backend"] == "gloo" for rank in ranks)
     set_seed(0)  # what train() does before building, so this is the starting point of both ranks

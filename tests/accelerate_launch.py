@@ -1,0 +1,24 @@
+"""`accelerate launch` of a test script in two CPU processes (gloo), on a free port."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+ACCELERATE_CONFIGS = TESTS_DIR.parent / "training" / "accelerate_configs"
+
+
+def launch(config_name: str, script: str, *args: str, extra_flags: tuple[str, ...] = ()) -> None:
+    """Runs `tests/<script> args...` under `training/accelerate_configs/<config_name>`; fails with its stderr."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config_name),
+        "--main_process_port", str(port), *extra_flags, str(TESTS_DIR / script), *args,
+    ]  # fmt: skip
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(TESTS_DIR), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
