@@ -22,7 +22,7 @@ from .projector_layers import ZeroInitLinear
 
 
 if torch.distributed.is_available():
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 else:  # a torch build without distributed: nothing can be sharded
     FSDPModule = ()
 
@@ -167,7 +167,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         if config.use_global_token:
             has_cls = selected.shape[1] == num_patches + 1
             global_feature = selected[:, :1] if has_cls else patch_features.mean(dim=1, keepdim=True)
-            global_token = self.multi_modal_projector.project_extra_tokens(
+            global_token = self.project_extra_tokens(
                 scale_to_norm(global_feature, reference_norm), "global"
             )
             per_image.insert(0, global_token)
@@ -184,7 +184,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
             object_masks = object_masks[:, : max(kept, default=0)]
             object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
-            object_tokens = self.multi_modal_projector.project_extra_tokens(object_features, "object")
+            object_tokens = self.project_extra_tokens(object_features, "object")
             features = [torch.cat([image, objects[:count]]) for image, objects, count in zip(tokens, object_tokens, kept)]
         return BaseModelOutputWithPooling(
             last_hidden_state=tower_outputs.last_hidden_state,
@@ -192,6 +192,17 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             hidden_states=hidden_states,
             attentions=tower_outputs.attentions,
         )
+
+    def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
+        """
+        Object or global tokens (I, K, C) -> (I, K, D) through the projector. Under FSDP2 the projector is a unit of its
+        own, gathered only around its forward: this method is registered as a second forward (once), so it is
+        gathered here too and its gradients are reduced.
+        """
+        projector = self.multi_modal_projector
+        if isinstance(projector, FSDPModule) and "project_extra_tokens" not in vars(projector):
+            register_fsdp_forward_method(projector, "project_extra_tokens")
+        return projector.project_extra_tokens(tokens, role)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor) -> torch.BoolTensor:
         """(B, T) positions of the `<image>` placeholders."""

@@ -52,7 +52,8 @@ def main(parts_dir: str, output_dir: str, batch_size: int, resume_from: str | No
         Path(output_dir) / "run", max_steps=4, per_device_train_batch_size=batch_size, save_strategy="steps",
         save_steps=2, resume_from_checkpoint=resume_from,
     )  # fmt: skip
-    model_args = model_arguments(parts, drop_path_rate=0.0)  # drop-path draws per process: off, to compare runs
+    # drop-path draws per process: off, to compare runs; the global token goes through the projector's second method
+    model_args = model_arguments(parts, drop_path_rate=0.0, use_global_token=True)
     trainer = train_module.train(model_args, data_arguments(parts), training_args)
     weights = {name: whole(p) for name, p in trainer.model.named_parameters()}
     state = PartialState()
