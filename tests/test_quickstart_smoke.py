@@ -21,6 +21,7 @@ def tiny_quickstart(tmp_path_factory):
             "--train_steps", "3",
             "--batch_size", "4",
             "--train_budget", "4",
+            "--elastic_budgets", "16", "4",  # 1 is evaluated but not trained: no bar there
             "--eval_budgets", "16", "4", "1",
             "--language_model_layers", "1",
             "--language_model_heads", "2",
@@ -48,7 +49,21 @@ def test_verdict_follows_the_bar(tiny_quickstart):
         assert verdict["gain_over_majority"] == pytest.approx(gain, abs=1e-4)
         lagging = [n for n in majority if n != "overall" and scores[n]["accuracy"] <= majority[n]["accuracy"]]
         assert verdict["types_not_above_majority"] == lagging
-        assert verdict["meets_bar"] == (gain >= 0.20 and not lagging)
+        assert verdict["trained"] == (budget in ("16", "4"))
+        assert verdict["meets_bar"] == ((gain >= 0.20 and not lagging) if verdict["trained"] else None)
+
+
+def test_bar_depends_on_whether_and_how_much_a_budget_was_trained():
+    from delta_llava.training.budget_report import bar_for
+
+    assert [bar_for(b, [36, 16, 9, 4, 1]) for b in (36, 4, 1)] == ["full", "full", "above majority"]
+    assert bar_for(36, [9]) is None
+
+
+def test_train_budget_must_be_one_of_the_trained_budgets(tmp_path):
+    with pytest.raises(ValueError, match="--train_budget 9 .* is not among the trained budgets"):
+        quickstart.main(["--output_dir", str(tmp_path), "--elastic_budgets", "36", "4"])
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_checkpoint_and_plot_are_written(tiny_quickstart):

@@ -12,11 +12,13 @@ def question_types(results: dict) -> list[str]:
     return [name for name in results["majority"] if name != "overall"]
 
 
-def print_accuracy_table(results: dict) -> str:
-    """Prints (and returns) accuracy per question type (rows) and budget (columns), with chance and majority."""
+def print_accuracy_table(results: dict, trained_budgets: list[int]) -> str:
+    """Prints (and returns) accuracy per question type (rows) and budget (columns), with chance and majority; the
+    first row says which budgets the checkpoint was trained at."""
     budgets = list(results["budgets"])
     header = f"{'question type':<14}" + "".join(f"{str(b) + ' tok':>9}" for b in budgets) + f"{'majority':>10}{'chance':>8}"
-    lines = [header, "-" * len(header)]
+    trained = f"{'trained':<14}" + "".join(f"{'yes' if int(b) in trained_budgets else 'no':>9}" for b in budgets)
+    lines = [header, trained, "-" * len(header)]
     for name in [*question_types(results), "overall"]:
         majority = results["majority"][name]
         cells = "".join(f"{results['budgets'][b][name]['accuracy']:>9.3f}" for b in budgets)
@@ -29,21 +31,26 @@ def print_accuracy_table(results: dict) -> str:
     return table
 
 
-def plot_accuracy_by_budget(results: dict, path: Path) -> None:
-    """Accuracy vs number of visual tokens (log scale), one line per question type, majority levels dashed."""
+def plot_accuracy_by_budget(results: dict, trained_budgets: list[int], path: Path) -> None:
+    """Accuracy vs number of visual tokens (log scale), one line per question type with its majority level dotted;
+    filled markers at the budgets the checkpoint was trained at, open ones elsewhere."""
     budgets = [int(b) for b in results["budgets"]]
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
     for index, name in enumerate([*question_types(results), "overall"]):
         colour = f"C{index}"
         accuracy = [results["budgets"][b][name]["accuracy"] for b in results["budgets"]]
-        axis.plot(budgets, accuracy, marker="o", color=colour, label=name, linewidth=2.5 if name == "overall" else 1.5)
+        axis.plot(budgets, accuracy, color=colour, label=name, linewidth=2.5 if name == "overall" else 1.5)
+        for budget, value in zip(budgets, accuracy):
+            axis.plot(budget, value, "o", color=colour, mfc=colour if budget in trained_budgets else "white")
         axis.axhline(results["majority"][name]["accuracy"], color=colour, linestyle=":", linewidth=1)
     axis.set_xscale("log")
-    axis.set_xticks(budgets, [str(b) for b in budgets])
+    axis.set_xticks(budgets, [f"{b}\n{'trained' if b in trained_budgets else 'not trained'}" for b in budgets])
+    axis.minorticks_off()
     axis.set_xlabel("visual tokens per image")
-    axis.set_ylabel("accuracy (dotted: majority answer)")
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize=8, ncol=2)
+    axis.set_ylabel("accuracy (dotted: each type's majority answer)")
+    axis.set_title("One checkpoint at every budget (filled: trained at that budget)", fontsize=10)
+    axis.set_ylim(0, 1.03)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axis.grid(alpha=0.3)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -51,14 +58,40 @@ def plot_accuracy_by_budget(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def learning_verdict(results: dict, margin: float = 0.20) -> dict:
-    """Per budget: overall accuracy minus the majority level, the types at or below their majority level, and
-    whether the quick start's bar is met (overall at least `margin` above majority, every type above its majority)."""
+FULL_BAR_MIN_TOKENS = 4  # one token cannot place things in a 3x3 scene: below this the bar is "above majority"
+
+
+def bar_for(budget: int, trained_budgets: list[int]) -> str | None:
+    """The quick start's bar at `budget`: "full" (overall +0.20 over the majority answer and every type above its
+    majority level) at trained budgets of at least FULL_BAR_MIN_TOKENS, "above majority" (overall) at smaller trained
+    budgets, None (not judged) at budgets the checkpoint was not trained at."""
+    if budget not in trained_budgets:
+        return None
+    return "full" if budget >= FULL_BAR_MIN_TOKENS else "above majority"
+
+
+def learning_verdict(results: dict, trained_budgets: list[int], margin: float = 0.20) -> dict:
+    """Per budget: overall accuracy minus the majority level, the types at or below their majority level, the bar
+    that applies (`bar_for`) and whether it is met (None where no bar applies)."""
     majority = results["majority"]
     verdict = {}
     for budget, scores in results["budgets"].items():
         gain = scores["overall"]["accuracy"] - majority["overall"]["accuracy"]
         lagging = [n for n in question_types(results) if scores[n]["accuracy"] <= majority[n]["accuracy"]]
+        bar = bar_for(int(budget), trained_budgets)
+        meets = {"full": gain >= margin and not lagging, "above majority": gain > 0, None: None}[bar]
         verdict[budget] = {"gain_over_majority": round(gain, 4), "types_not_above_majority": lagging,
-                           "meets_bar": gain >= margin and not lagging}  # fmt: skip
+                           "trained": bar is not None, "bar": bar, "meets_bar": meets}  # fmt: skip
     return verdict
+
+
+def verdict_line(budget, verdict: dict) -> str:
+    """One printed line per budget: the gain, the lagging types and the bar's outcome, in words."""
+    lagging = ", ".join(verdict["types_not_above_majority"]) or "none"
+    outcome = {
+        "full": "bar (+0.20 overall, every type above its majority level)",
+        "above majority": "bar (overall above the majority answer)",
+    }.get(verdict["bar"])
+    judged = f"{outcome} {'met' if verdict['meets_bar'] else 'NOT met'}" if outcome else "not trained here: no bar"
+    return (f"{budget:>4} tokens: {verdict['gain_over_majority']:+.3f} over the majority answer; types not above their "
+            f"majority level: {lagging}; {judged}")

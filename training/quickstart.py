@@ -4,9 +4,10 @@
 
 Everything is built here, small and local: the synthetic train/test sets, a word-level tokenizer, a small CLIP-style
 vision tower (warmed up on per-cell labels, then frozen and its features memoised), a small Llama. Training goes
-through the same entry point as the real recipes (`delta_llava.training.train`, TRL's SFTTrainer) at one budget
-(`--elastic_budgets` trains one checkpoint over several instead). Then: evaluation at several budgets beside the chance and majority
-levels, the checkpoint saved with its remote code, and one question answered by the checkpoint loaded back through
+through the same entry point as the real recipes (`delta_llava.training.train`, TRL's SFTTrainer), elastic: every
+batch draws one of the budgets 36, 16, 9, 4, 1, so the one checkpoint serves all of them. Then: evaluation at every
+budget beside the chance and majority levels (the table and plot say which budgets were trained), the checkpoint
+saved with its remote code, and one question answered by the checkpoint loaded back through
 `AutoModelForImageTextToText` / `AutoProcessor` with `trust_remote_code=True`.
 """
 
@@ -29,7 +30,7 @@ from transformers import (
 from trl import SFTConfig
 
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
-from .budget_report import learning_verdict, plot_accuracy_by_budget, print_accuracy_table
+from .budget_report import learning_verdict, plot_accuracy_by_budget, print_accuracy_table, verdict_line
 from .evaluate_vqa import evaluate_budget, generate_answers, user_turn
 from .local_tokenizer import build_word_level_tokenizer
 from .synthetic_vqa import CELL_LABEL_NAMES, make_synthetic_vqa, word_vocabulary
@@ -92,9 +93,12 @@ class QuickStartArguments:
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
-    train_budget: int = field(default=9, metadata={"help": "Budget trained at (9 = one token per scene cell)."})
+    train_budget: int = field(
+        default=9, metadata={"help": "The checkpoint's default budget (9 = one token per scene cell); one of the trained."}
+    )
     elastic_budgets: list[int] = field(
-        default_factory=list, metadata={"help": "Train over these budgets instead (one checkpoint, every budget)."}
+        default_factory=lambda: [36, 16, 9, 4, 1],
+        metadata={"help": "Budgets trained over, one drawn per batch: one checkpoint for all. One budget = only it."},
     )
     eval_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
     seed: int = field(default=0)
@@ -157,6 +161,11 @@ def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads:
 
 
 def run(args: QuickStartArguments) -> dict:
+    if args.train_budget not in args.elastic_budgets:
+        raise ValueError(
+            f"--train_budget {args.train_budget} (the checkpoint's default budget) is not among the trained budgets "
+            f"--elastic_budgets {args.elastic_budgets}: add it there, or pick one of them."
+        )
     started = time.time()
     out = Path(args.output_dir)
     timings = {}
@@ -182,7 +191,7 @@ def run(args: QuickStartArguments) -> dict:
         stage="finetune",
         vision_feature_layer=-1,
         num_visual_tokens=args.train_budget,
-        elastic_budgets=args.elastic_budgets or None,
+        elastic_budgets=args.elastic_budgets,
         cache_vision_features=True,
         **small_projector(),
     )
@@ -201,15 +210,11 @@ def run(args: QuickStartArguments) -> dict:
             results["budgets"][budget] = evaluate_budget(model, processor, test_set, budget)["scores"]
     lap("evaluation")
 
-    print_accuracy_table(results)
-    plot_accuracy_by_budget(results, out / "accuracy_by_budget.png")
-    results["verdict"] = learning_verdict(results)
+    print_accuracy_table(results, args.elastic_budgets)
+    plot_accuracy_by_budget(results, args.elastic_budgets, out / "accuracy_by_budget.png")
+    results["verdict"] = learning_verdict(results, args.elastic_budgets)
     for budget, verdict in results["verdict"].items():
-        lagging = ", ".join(verdict["types_not_above_majority"]) or "none"
-        print(
-            f"{budget:>4} tokens: {verdict['gain_over_majority']:+.3f} over the majority answer; types not above their "
-            f"majority level: {lagging}; bar (+0.20, every type above) {'met' if verdict['meets_bar'] else 'NOT met'}"
-        )
+        print(verdict_line(budget, verdict))
 
     loaded_model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True)
     loaded_processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
