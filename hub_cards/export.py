@@ -28,8 +28,9 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
 from delta_llava.processing import DeltaLlavaProcessor
+from delta_llava.strict_loading import load_checkpoint_strictly
 
-from .eval_results import load_evaluation_results
+from .eval_results import EvaluationResults, load_evaluation_results
 from .flops import InferenceCost
 from .model_card import render_model_card
 from .publish import HubPublisher, HubPublishError
@@ -170,6 +171,20 @@ def budgets_per_checkpoint(checkpoints: list[Path], budgets: list[int] | None) -
     return {budget: served[budget] for budget in budgets or served}
 
 
+def check_results_budgets(evaluation: EvaluationResults, results: str | Path, checkpoints: set[Path]) -> None:
+    """A results file scored at a budget no checkpoint can serve would put numbers on the cards that no export
+    reproduces: refused, naming the budgets."""
+    servable = set()
+    for checkpoint in checkpoints:
+        servable.update(DeltaLlavaConfig.from_pretrained(checkpoint).allowed_visual_token_counts())
+    impossible = sorted(set(evaluation.budgets) - servable, reverse=True)
+    if impossible:
+        raise ValueError(
+            f"--results {results} has scores at {impossible} visual tokens, which the checkpoint(s) cannot serve "
+            f"(they serve {sorted(servable, reverse=True)}): pass the results of an evaluation of these checkpoints."
+        )
+
+
 def plan_exports(
     checkpoints: list[str | Path],
     output_dir: str | Path,
@@ -282,6 +297,8 @@ def export_checkpoints(
         raise ValueError('--push needs --repo_id_pattern, e.g. "your-name/delta-llava-7b-{budget}".')
     plans = plan_exports(checkpoints, output_dir, budgets, repo_id_pattern, overwrite)
     evaluation = load_evaluation_results(results) if results else None
+    if evaluation is not None:
+        check_results_budgets(evaluation, results, {plan.checkpoint for plan in plans})
     training = read_training_records(training_recipes, evaluation)
     publisher = None
     if push and not dry_run:
@@ -295,7 +312,7 @@ def export_checkpoints(
     try:
         for checkpoint in dict.fromkeys(plan.checkpoint for plan in plans):
             logger.info("Loading %s", checkpoint)
-            model = DeltaLlavaForConditionalGeneration.from_pretrained(checkpoint, dtype="auto")
+            model = load_checkpoint_strictly(checkpoint, dtype="auto")
             # The classes are this project's: the checkpoint's own copy of the code is not run.
             processor = DeltaLlavaProcessor.from_pretrained(checkpoint, trust_remote_code=False)
             cost = InferenceCost(model.config)

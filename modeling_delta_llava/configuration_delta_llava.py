@@ -1,6 +1,7 @@
 """Configuration of Delta-LLaVA: a vision tower, a causal language model and a token-efficient projector between them."""
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
 
@@ -34,6 +35,11 @@ LAYOUT_ONLY_FIELDS = {
     "drop_path_rate": ("official", "the stochastic depth of the authors' Next-ViT transformer block"),
     "ffn_hidden_size": ("shared_base", "the hidden width of the FFN refinement, which the official layout does not have"),
 }
+
+BOOLEAN_FIELDS = (
+    "use_emhsa", "use_delta_projection", "use_transformer_block", "use_object_tokens", "use_global_token",
+    "tie_word_embeddings",
+)  # fmt: skip
 
 # Files of a saved checkpoint that hold these classes (the checkpoint folder is flat, so module names are file names).
 REMOTE_CODE_AUTO_MAP = {
@@ -127,7 +133,8 @@ class DeltaLlavaConfig(PreTrainedConfig):
                 "projection_dim": 768,
             },
         ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        # 32064 rows, as llava-hf's LLaVA-1.5: the default image_token_id 32000 must fit the vocabulary
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32064}),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -157,7 +164,12 @@ class DeltaLlavaConfig(PreTrainedConfig):
     auto_map: dict | None = None
 
     def __post_init__(self, **kwargs):
+        for field in ("vision_config", "text_config"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, (dict, PreTrainedConfig)):
+                raise TypeError(f"{field} must be a dict or a transformers config (PreTrainedConfig), not {type(value).__name__}.")
         super().__post_init__(**kwargs)
+        self.validate_field_types()
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         if self.memory_layers is None:
@@ -205,6 +217,27 @@ class DeltaLlavaConfig(PreTrainedConfig):
             )
             raise ValueError(f"{field}={num_visual_tokens!r} is not possible: {reason}. Allowed values: {allowed}.")
         return int(round(num_visual_tokens**0.5))
+
+    def validate_field_types(self) -> None:
+        """Raises a TypeError or ValueError naming the field for a switch that is not a bool, an unknown activation,
+        or an `image_token_id` outside the language model's vocabulary."""
+        for field in BOOLEAN_FIELDS:
+            value = getattr(self, field)
+            if not isinstance(value, bool):
+                raise TypeError(f"{field}={value!r} must be a bool (True or False), not {type(value).__name__}.")
+        if not isinstance(self.projector_hidden_act, str) or self.projector_hidden_act not in ACT2FN:
+            raise ValueError(
+                f"projector_hidden_act={self.projector_hidden_act!r} is not an activation transformers knows; "
+                f"use one of {sorted(ACT2FN)[:12]}... (e.g. 'gelu')."
+            )
+        vocab_size = self.text_config.vocab_size
+        token_id = self.image_token_id
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+            raise ValueError(
+                f"image_token_id={token_id!r} must be a token id of the language model: an integer in "
+                f"[0, {vocab_size - 1}] (text_config.vocab_size={vocab_size}). Add the <image> token to the "
+                "tokenizer, resize the embeddings, then set image_token_id to its id."
+            )
 
     def validate_projector_settings(self) -> None:
         """Raises a ValueError naming the field and the allowed values for any impossible setting."""

@@ -14,6 +14,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
 from .delta_projection import LowRankUpdate
+from .input_checks import check_input_ids, check_max_object_tokens, check_object_masks, check_pixel_values
 from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
 from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
 from .projector_delta import DeltaProjector
@@ -151,6 +152,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         config = self.config
         num_visual_tokens = config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
         query_side = config.check_num_visual_tokens(num_visual_tokens)
+        check_pixel_values(pixel_values, config.vision_config.image_size)
         tower_outputs = self.vision_tower(
             pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
         )
@@ -175,12 +177,9 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         features = list(tokens)
 
         max_object_tokens = config.max_object_tokens if max_object_tokens is None else max_object_tokens
+        check_max_object_tokens(max_object_tokens)
         if config.use_object_tokens and object_masks is not None and max_object_tokens > 0:
-            if object_masks.shape[0] != pixel_values.shape[0]:
-                raise ValueError(
-                    f"object_masks has masks for {object_masks.shape[0]} images but pixel_values has "
-                    f"{pixel_values.shape[0]} images; pass one (K, h, w) mask stack per image."
-                )
+            check_object_masks(object_masks, pixel_values.shape[0])
             kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
             object_masks = object_masks[:, : max(kept, default=0)]
             object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
@@ -271,6 +270,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
+            check_input_ids(input_ids, self.get_input_embeddings().num_embeddings)
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = None

@@ -20,13 +20,28 @@ BUDGET_EXAMPLES = (576, 144, 64, 36, 16, 4, 1)
 # placeholder is followed by a newline instead).
 # The assistant's answer and its closing </s> sit inside {% generation %} so TRL can train on assistant tokens only.
 DEFAULT_CHAT_TEMPLATE = """\
+{%- if not messages -%}
+    {{- raise_exception('The conversation is empty: give at least one message.') -}}
+{%- endif -%}
 {{- bos_token -}}
 {%- for message in messages -%}
     {%- set ns = namespace(text='') -%}
-    {%- if message['content'] is string -%}
+    {%- if message is not mapping or message['role'] is not defined -%}
+        {{- raise_exception('Message ' ~ loop.index0 ~ ' has no role: give each message a role and a content.') -}}
+    {%- endif -%}
+    {%- set where = 'Message ' ~ loop.index0 ~ ' (' ~ message['role'] ~ ')' -%}
+    {%- if message['content'] is not defined or message['content'] is none -%}
+        {{- raise_exception(where + ' has no content: give a string or a list of image/text parts.') -}}
+    {%- elif message['content'] is string -%}
         {%- set ns.text = message['content'] -%}
     {%- else -%}
-        {%- for part in message['content'] if part['type'] in ('image', 'text') -%}
+        {%- for part in message['content'] -%}
+            {%- if part['type'] is not defined or part['type'] not in ('image', 'text') -%}
+                {{- raise_exception(where + ' has a part of type ' ~ part['type'] ~ ': only image and text parts '
+                    + 'can be rendered; remove it or turn it into text.') -}}
+            {%- elif part['type'] == 'text' and (part['text'] is not defined or part['text'] is not string) -%}
+                {{- raise_exception(where + ' has a text part without a string text field.') -}}
+            {%- endif -%}
             {%- if ns.text and not ns.text.endswith('\\n') -%}
                 {%- set ns.text = ns.text + ' ' -%}
             {%- endif -%}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError
+from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessor
 
 from conftest import tiny_config, tiny_text_config
@@ -19,6 +20,7 @@ from delta_llava.hub_cards.export import check_export_folder, export_checkpoints
 from delta_llava.hub_cards.model_card import check_card_metadata
 from delta_llava.hub_cards.publish import HubPublishError
 from delta_llava.processing import DeltaLlavaProcessor
+from delta_llava.strict_loading import load_checkpoint_strictly
 from delta_llava.training.local_tokenizer import build_word_level_tokenizer
 from isolated_python import run_without_project
 
@@ -294,3 +296,45 @@ def test_card_rows_name_the_layout_and_its_ablations(layout):
     rows = dict(_projector_rows(tiny_config(delta_layout=layout, use_emhsa=False)))
     assert rows["projector settings"].startswith(f"layout `{layout}`")
     assert rows["ablation"] == "`use_emhsa=False`"
+
+
+def copy_checkpoint(checkpoint: Path, destination: Path) -> Path:
+    shutil.copytree(checkpoint, destination)
+    return destination
+
+
+def test_a_checkpoint_missing_a_projector_tensor_is_refused_with_its_name(checkpoint, tmp_path):
+    broken = copy_checkpoint(checkpoint, tmp_path / "broken")
+    weights = load_file(broken / "model.safetensors")
+    dropped = next(name for name in weights if "multi_modal_projector" in name)
+    save_file({name: tensor for name, tensor in weights.items() if name != dropped}, broken / "model.safetensors")
+    with pytest.raises(ValueError, match=f"1 missing \\(would be random\\): {re.escape(dropped)}"):
+        export_checkpoints([broken], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_of_another_layout_are_refused(checkpoint, tmp_path):
+    other = copy_checkpoint(checkpoint, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    config.update(delta_layout="shared_base", ntb_head_dim=None, drop_path_rate=None, ffn_hidden_size=64,
+                  spatial_reduction=None)  # fmt: skip
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="missing \\(would be random\\).*unexpected \\(not in this model\\)"):
+        load_checkpoint_strictly(other)
+
+
+def test_a_truncated_weight_file_is_refused(checkpoint, tmp_path):
+    cut = copy_checkpoint(checkpoint, tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="Could not read the weights of .*cut.*truncated"):
+        load_checkpoint_strictly(cut)
+
+
+def test_results_at_budgets_the_checkpoint_cannot_serve_are_refused(checkpoint, tmp_path):
+    results = write_results(tmp_path / "results.json")
+    results["budgets"]["25"] = results["budgets"]["36"]  # 5x5 does not divide the 24x24 grid
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ValueError, match="has scores at \\[25\\] visual tokens, which the checkpoint\\(s\\) cannot serve"):
+        export_checkpoints([checkpoint], tmp_path / "out", [36], results=tmp_path / "results.json")
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ REMOTE_FILES = {
     "projector_baselines.py",
     "windowed_cross_attention.py",
     "object_tokens.py",
+    "input_checks.py",
 }
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
@@ -104,6 +105,13 @@ def test_lora_takes_real_steps_and_lowers_the_loss(parts, tmp_path, merge):
         lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
         assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
         assert "adapter_model.safetensors" in saved
+        from delta_llava.training.model_builder import load_lora_output
+
+        reloaded, processor = load_lora_output(tmp_path / "lora")  # the base recorded beside the adapter
+        batch = processor(images=[PIL.Image.new("RGB", (40, 40), "red")], text="<image> what", return_tensors="pt")
+        trainer.model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded.eval()(**batch).logits, trainer.model(**batch).logits)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path):
@@ -120,6 +128,43 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path):
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], msg=name)
     assert first.state.global_step == 6
+
+
+def test_a_save_killed_midway_is_never_resumed_and_resuming_the_last_whole_one_equals_an_uninterrupted_run(
+    parts, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from delta_llava.training.checkpoints import resolve_resume_checkpoint
+
+    run = tmp_path / "killed"
+    script = Path(__file__).parent / "killed_save_script.py"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(script), str(Path(parts["vision_tower"]).parent), str(run)],
+                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert (run / "checkpoint-4" / "optimizer.pt").is_file()  # killed while writing it, not before
+    assert resolve_resume_checkpoint("true", str(run)) == str(run / "checkpoint-2")
+    with pytest.raises(ValueError, match="checkpoint-4 is incomplete .* the last complete one is .*checkpoint-2"):
+        resolve_resume_checkpoint(str(run / "checkpoint-4"), str(run))
+
+    resumed = train(model_arguments(parts), data_arguments(parts),
+                    sft_config(run, max_steps=6, save_strategy="no", resume_from_checkpoint="true"))  # fmt: skip
+    uninterrupted = train(model_arguments(parts), data_arguments(parts), sft_config(tmp_path / "whole", max_steps=6))
+    assert losses(resumed)[-4:] == pytest.approx(losses(uninterrupted)[-4:], abs=1e-6)
+    expected = uninterrupted.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+
+    (run / "checkpoint-2" / "optimizer.pt").unlink()
+    with pytest.raises(ValueError, match="checkpoint-2 has no optimizer state: resuming would restart them silently"):
+        resolve_resume_checkpoint(str(run / "checkpoint-2"), str(run))
+    assert resolve_resume_checkpoint(str(run / "checkpoint-2"), str(run), allow_missing_state=True)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        resolve_resume_checkpoint("true", str(tmp_path / "whole"))
 
 
 def test_elastic_budgets_are_a_function_of_the_batch():
@@ -144,6 +189,24 @@ def test_argument_errors_name_the_fix(parts):
         model_arguments(parts, stage="align")
     with pytest.raises(ValueError, match="--use_lora/--use_qlora apply to --stage finetune"):
         model_arguments(parts, stage="pretrain", use_lora=True)
+
+
+def test_continuing_keeps_the_checkpoints_budget_and_settings_unless_a_flag_changes_them(parts, tmp_path):
+    model, processor = build_model_and_processor(model_arguments(parts, num_visual_tokens=4, use_global_token=True))
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    source = {"vision_tower": None, "language_model": None, "model_name_or_path": str(tmp_path)}
+    kept, kept_processor = build_model_and_processor(model_arguments(parts, **source, num_visual_tokens=None))
+    assert kept.config.num_visual_tokens == kept_processor.num_visual_tokens == 4  # not the default 144
+    assert kept.config.use_global_token and kept.config.delta_layout == "official"
+    changed, changed_processor = build_model_and_processor(
+        model_arguments(parts, **source, num_visual_tokens=16, max_object_tokens=3)
+    )
+    assert changed.config.num_visual_tokens == changed_processor.num_visual_tokens == 16
+    assert changed.config.max_object_tokens == changed_processor.max_object_tokens == 3
+    for flag, value in (("delta_layout", "shared_base"), ("use_global_token", False), ("delta_rank", 8)):
+        with pytest.raises(ValueError, match=f"--{flag} {value!r} differs from the checkpoint .* its weights fix"):
+            build_model_and_processor(model_arguments(parts, **source, **{flag: value}, num_visual_tokens=None))
 
 
 def test_two_process_ddp_ends_with_the_same_weights_on_both_ranks(parts, tmp_path):

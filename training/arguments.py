@@ -16,12 +16,16 @@ class DeltaLlavaModelArguments:
     vision_tower: str | None = field(default=None, metadata={"help": "Vision tower id, e.g. openai/clip-vit-large-patch14-336."})
     language_model: str | None = field(default=None, metadata={"help": "Causal LM id, e.g. lmsys/vicuna-7b-v1.5."})
     stage: str = field(default="finetune", metadata={"help": "pretrain (projector only) or finetune (projector + LLM)."})
-    projector_type: str = field(default="delta", metadata={"help": "delta, mlp2x_gelu, tokenpacker or avgpool."})
+    projector_type: str | None = field(
+        default=None, metadata={"help": "delta (the default), mlp2x_gelu, tokenpacker or avgpool."}
+    )
     delta_layout: str | None = field(
         default=None,
         metadata={"help": "official (the authors' module, the config default) or shared_base (the paper's text)."},
     )
-    num_visual_tokens: int = field(default=144, metadata={"help": "Default visual token budget per image."})
+    num_visual_tokens: int | None = field(
+        default=None, metadata={"help": "Default budget per image (144 for a new model; a checkpoint keeps its own)."}
+    )
     elastic_budgets: list[int] | None = field(
         default=None, metadata={"help": "Draw the budget of each batch from these (one checkpoint, every budget)."}
     )
@@ -37,12 +41,18 @@ class DeltaLlavaModelArguments:
     )
     ntb_head_dim: int | None = field(default=None, metadata={"help": "Next-ViT block head width (official; 32)."})
     drop_path_rate: float | None = field(default=None, metadata={"help": "Next-ViT block drop-path (official; 0.1)."})
-    use_emhsa: bool = field(default=True, metadata={"help": "Ablation switch: keep the EMHSA blocks."})
-    use_delta_projection: bool = field(default=True, metadata={"help": "Ablation switch: shared base + low rank."})
-    use_transformer_block: bool = field(default=True, metadata={"help": "Ablation switch: keep the NTB."})
-    use_object_tokens: bool = field(default=False, metadata={"help": "Add Mask-LLaVA object tokens (needs masks)."})
-    max_object_tokens: int = field(default=8, metadata={"help": "Object tokens kept per image."})
-    use_global_token: bool = field(default=False, metadata={"help": "Add the CLS feature as a global token."})
+    # Left at None, the fields below take the config's default for a new model and the checkpoint's own value when
+    # continuing from --model_name_or_path.
+    use_emhsa: bool | None = field(default=None, metadata={"help": "Ablation switch: keep the EMHSA blocks (True)."})
+    use_delta_projection: bool | None = field(
+        default=None, metadata={"help": "Ablation switch: shared base + low rank (True)."}
+    )
+    use_transformer_block: bool | None = field(default=None, metadata={"help": "Ablation switch: keep the NTB (True)."})
+    use_object_tokens: bool | None = field(
+        default=None, metadata={"help": "Add Mask-LLaVA object tokens (False; needs masks)."}
+    )
+    max_object_tokens: int | None = field(default=None, metadata={"help": "Object tokens kept per image (8)."})
+    use_global_token: bool | None = field(default=None, metadata={"help": "Add the CLS feature as a global token (False)."})
     dtype: str = field(
         default="float32",
         metadata={"help": "Weight dtype: float32 (mixed precision comes from --bf16), bfloat16 or float16 to save memory."},
@@ -58,6 +68,10 @@ class DeltaLlavaModelArguments:
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     merge_lora: bool = field(default=False, metadata={"help": "Merge the LoRA adapters into the saved checkpoint."})
+    resume_without_training_state: bool = field(
+        default=False,
+        metadata={"help": "Let --resume_from_checkpoint take a checkpoint without optimizer/scheduler/RNG state."},
+    )
 
     def __post_init__(self):
         if self.stage not in STAGES:

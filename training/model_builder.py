@@ -1,6 +1,9 @@
 """Builds the model and processor a training run starts from, and sets what trains in each stage."""
 
+import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -15,6 +18,7 @@ from transformers import initialization as init
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration, convert_llava_to_delta_llava
 from delta_llava.conversion import IMAGE_TOKEN, tokenizer_with_image_token
 from delta_llava.processing import DeltaLlavaProcessor
+from delta_llava.strict_loading import load_checkpoint_strictly
 
 from .arguments import DeltaLlavaModelArguments
 
@@ -39,6 +43,7 @@ PROJECTOR_FIELDS = (
     "max_object_tokens",
     "use_global_token",
 )
+CALL_TIME_FIELDS = ("num_visual_tokens", "max_object_tokens")  # a checkpoint's weights do not fix these
 LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -105,20 +110,41 @@ def build_model_and_processor(args: DeltaLlavaModelArguments, compute_dtype: tor
         )
         processor = DeltaLlavaProcessor.from_pretrained(args.model_name_or_path)
     elif args.model_name_or_path:
-        model = DeltaLlavaForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=dtype)
+        model = load_checkpoint_strictly(args.model_name_or_path, dtype=dtype)
         processor = DeltaLlavaProcessor.from_pretrained(args.model_name_or_path)
     elif args.llava_checkpoint:
         settings = projector_settings(args)
-        model = convert_llava_to_delta_llava(args.llava_checkpoint, settings.pop("projector_type"), dtype, **settings)
+        projector_type = settings.pop("projector_type", "delta")
+        model = convert_llava_to_delta_llava(args.llava_checkpoint, projector_type, dtype, **settings)
         tokenizer = tokenizer_with_image_token(args.llava_checkpoint)
         processor = build_processor(AutoImageProcessor.from_pretrained(args.llava_checkpoint), tokenizer, model.config)
         return model, processor
     else:
         return build_from_towers(args, dtype)
-    model.config.num_visual_tokens = args.num_visual_tokens
-    model.config.check_num_visual_tokens(args.num_visual_tokens)
-    processor.num_visual_tokens = args.num_visual_tokens
+    continue_with_checkpoint_settings(model, processor, args)
     return model, processor
+
+
+def continue_with_checkpoint_settings(model, processor: DeltaLlavaProcessor, args: DeltaLlavaModelArguments) -> None:
+    """
+    A checkpoint keeps its budget, object-token settings and layout. Flags may change the call-time settings
+    (`CALL_TIME_FIELDS`); any other projector flag must agree with the checkpoint, whose weights fix it.
+    """
+    config = model.config
+    for name, value in projector_settings(args).items():
+        if name in CALL_TIME_FIELDS:
+            continue
+        if getattr(config, name) != value:
+            raise ValueError(
+                f"--{name} {value!r} differs from the checkpoint {args.model_name_or_path}, trained with "
+                f"{name}={getattr(config, name)!r}: its weights fix that setting. Drop the flag to continue with the "
+                "checkpoint's, or build a new model from --vision_tower and --language_model."
+            )
+    if args.num_visual_tokens is not None:
+        config.check_num_visual_tokens(args.num_visual_tokens)
+        config.num_visual_tokens = processor.num_visual_tokens = args.num_visual_tokens
+    if args.max_object_tokens is not None:
+        config.max_object_tokens = processor.max_object_tokens = args.max_object_tokens
 
 
 def set_trainable_parts(model: DeltaLlavaForConditionalGeneration, stage: str, freeze_vision_tower: bool) -> None:
@@ -150,6 +176,29 @@ def wrap_with_lora(model: DeltaLlavaForConditionalGeneration, args: DeltaLlavaMo
     if not args.freeze_vision_tower:
         model.base_model.model.model.vision_tower.requires_grad_(True)
     return model
+
+
+LORA_BASE_RECORD = "delta_llava_lora_base.json"
+LORA_FIELDS = ("use_lora", "use_qlora", "lora_r", "lora_alpha", "lora_dropout", "merge_lora")
+
+
+def record_lora_base(args: DeltaLlavaModelArguments, output_dir: str | Path) -> None:
+    """Writes, beside a LoRA adapter, the arguments that built its base model (source, projector settings), so
+    `load_lora_output` rebuilds that base and loads the adapter without the training command."""
+    base = {name: value for name, value in dataclasses.asdict(args).items() if name not in LORA_FIELDS}
+    (Path(output_dir) / LORA_BASE_RECORD).write_text(json.dumps(base, indent=1) + "\n")
+
+
+def load_lora_output(folder: str | Path):
+    """(PeftModel, processor) of a LoRA run's output folder: its recorded base rebuilt, the adapter (with the trained
+    projector) loaded on it."""
+    from peft import PeftModel
+
+    record = Path(folder) / LORA_BASE_RECORD
+    if not record.is_file():
+        raise FileNotFoundError(f"{folder} has no {LORA_BASE_RECORD}: it is not the output of a LoRA run of this project.")
+    model, _ = build_model_and_processor(DeltaLlavaModelArguments(**json.loads(record.read_text())))
+    return PeftModel.from_pretrained(model, folder), DeltaLlavaProcessor.from_pretrained(folder)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -7,6 +7,7 @@ Every YAML key is an argument below or an `SFTConfig` field; command-line flags 
 """
 
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -15,9 +16,16 @@ from transformers import set_seed
 from trl import SFTConfig, TrlParser
 
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
+from .checkpoints import resolve_resume_checkpoint
 from .elastic_budget import ElasticBudgetCollator
 from .llava_json import convert_llava_json
-from .model_builder import build_model_and_processor, count_parameters, set_trainable_parts, wrap_with_lora
+from .model_builder import (
+    build_model_and_processor,
+    count_parameters,
+    record_lora_base,
+    set_trainable_parts,
+    wrap_with_lora,
+)
 from .object_mask_collator import ObjectMaskCollator
 from .trainer import DeltaLlavaSFTTrainer
 from .vision_feature_cache import cached_vision_tower
@@ -54,6 +62,9 @@ def compute_dtype(args: SFTConfig) -> torch.dtype:
 def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArguments, training_args: SFTConfig):
     """Runs one stage and saves a checkpoint that loads with AutoModelForImageTextToText + trust_remote_code."""
     set_seed(training_args.seed)
+    resume_from = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir, model_args.resume_without_training_state
+    )  # refused before anything is built
     training_args.assistant_only_loss = True  # loss on the assistant's tokens only, as LLaVA trains
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {"skip_prepare_dataset": True}
@@ -79,15 +90,28 @@ def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArgumen
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
     )
+    check_processes_are_synchronised(trainer.accelerator.num_processes)
     if model_args.cache_vision_features:
         delta_llava = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = delta_llava.config
         with cached_vision_tower(delta_llava.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
-            trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+            trainer.train(resume_from_checkpoint=resume_from)
     else:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.train(resume_from_checkpoint=resume_from)
     save_checkpoint(trainer, processor, model_args, training_args.output_dir)
     return trainer
+
+
+def check_processes_are_synchronised(num_processes: int) -> None:
+    """Refuses a launch whose processes would train unsynchronised copies: the launcher started WORLD_SIZE
+    processes but the trainer sees fewer (e.g. cpu_ddp_2proc.yaml on a machine without GPUs, without --use_cpu)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise RuntimeError(
+            f"The launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer sees {num_processes}: "
+            "each process would train its own copy with no gradient sync. On a machine without GPUs pass --use_cpu "
+            "true (or set ACCELERATE_USE_CPU=true) so the processes join over gloo."
+        )
 
 
 def save_checkpoint(trainer, processor, model_args: DeltaLlavaModelArguments, output_dir: str) -> None:
@@ -106,6 +130,8 @@ def save_checkpoint(trainer, processor, model_args: DeltaLlavaModelArguments, ou
         trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(output_dir)
+        if (model_args.use_lora or model_args.use_qlora) and not model_args.merge_lora:
+            record_lora_base(model_args, output_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,12 @@
-"""TRL's SFTTrainer with one addition LLaVA recipes use: the projector's own learning rate."""
+"""TRL's SFTTrainer with two additions: the projector's own learning rate (LLaVA recipes use it) and whole
+checkpoints (a completion record written after every file of every process)."""
 
+import os
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
+
+from .checkpoints import mark_complete
 
 
 class DeltaLlavaSFTTrainer(SFTTrainer):
@@ -23,3 +29,10 @@ class DeltaLlavaSFTTrainer(SFTTrainer):
                 settings = {key: value for key, value in group.items() if key != "params"}
                 optimizer.add_param_group({**settings, "params": moved, "lr": self.projector_learning_rate})
         return optimizer
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its files (RNG states, shards)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            mark_complete(folder, self.state.global_step)
