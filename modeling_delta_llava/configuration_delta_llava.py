@@ -133,8 +133,7 @@ class DeltaLlavaConfig(PreTrainedConfig):
                 "projection_dim": 768,
             },
         ),
-        # 32064 rows, as llava-hf's LLaVA-1.5: the default image_token_id 32000 must fit the vocabulary
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32064}),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -220,7 +219,8 @@ class DeltaLlavaConfig(PreTrainedConfig):
 
     def validate_field_types(self) -> None:
         """Raises a TypeError or ValueError naming the field for a switch that is not a bool, an unknown activation,
-        or an `image_token_id` outside the language model's vocabulary."""
+        or an `image_token_id` that is not a token id. (It may equal the text config's vocab_size: a config is built
+        before `<image>` is added and the embeddings resized; calls check it against the embeddings.)"""
         for field in BOOLEAN_FIELDS:
             value = getattr(self, field)
             if not isinstance(value, bool):
@@ -232,11 +232,11 @@ class DeltaLlavaConfig(PreTrainedConfig):
             )
         vocab_size = self.text_config.vocab_size
         token_id = self.image_token_id
-        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id <= vocab_size:
             raise ValueError(
                 f"image_token_id={token_id!r} must be a token id of the language model: an integer in "
-                f"[0, {vocab_size - 1}] (text_config.vocab_size={vocab_size}). Add the <image> token to the "
-                "tokenizer, resize the embeddings, then set image_token_id to its id."
+                f"[0, {vocab_size}] (text_config.vocab_size={vocab_size}; {vocab_size} is the next token added). Add "
+                "the <image> token to the tokenizer, resize the embeddings, then set image_token_id to its id."
             )
 
     def validate_projector_settings(self) -> None:

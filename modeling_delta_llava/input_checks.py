@@ -1,8 +1,12 @@
 """Call-time checks of the model's inputs: a ValueError or TypeError naming the argument, what it got and what it
-needs, instead of an error from deep inside torch (or garbage from uint8 or NaN pixels). Skipped under torch.compile,
-where a data-dependent check would break the graph."""
+needs, instead of an error from deep inside torch (or garbage from uint8 or NaN pixels). The checks that read values
+are skipped under torch.compile (they would break the graph) and on the meta device (FLOP counting)."""
 
 import torch
+
+
+def values_readable(tensor: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and tensor.device.type != "meta"
 
 
 def check_pixel_values(pixel_values: torch.Tensor, image_size: int) -> None:
@@ -19,7 +23,7 @@ def check_pixel_values(pixel_values: torch.Tensor, image_size: int) -> None:
             f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower needs (I, 3, {image_size}, "
             f"{image_size}). Resize and crop with the checkpoint's processor."
         )
-    if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():
+    if values_readable(pixel_values) and not torch.isfinite(pixel_values).all():
         raise ValueError("pixel_values holds NaN or infinite values; check the image loading and normalisation.")
 
 
@@ -33,15 +37,20 @@ def check_object_masks(object_masks: torch.Tensor, num_images: int) -> None:
             f"object_masks has masks for {object_masks.shape[0]} images but pixel_values has {num_images} images; "
             "pass one (K, h, w) mask stack per image."
         )
-    if not torch.compiler.is_compiling() and not torch.isfinite(object_masks.float()).all():
+    if values_readable(object_masks) and not torch.isfinite(object_masks.float()).all():
         raise ValueError("object_masks holds NaN or infinite values; masks are 0/1 (or soft values in [0, 1]).")
 
 
-def check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+def check_input_ids(input_ids: torch.Tensor, vocab_size: int, image_token_id: int) -> None:
     """Every id must index the language model's embedding table."""
-    if torch.compiler.is_compiling() or input_ids.numel() == 0:
+    if not values_readable(input_ids) or input_ids.numel() == 0:
         return
     low, high = int(input_ids.min()), int(input_ids.max())
+    if image_token_id >= vocab_size and high == image_token_id:
+        raise ValueError(
+            f"image_token_id={image_token_id} is beyond the language model's {vocab_size} embedding rows: resize the "
+            "embeddings after adding the <image> token (`model.resize_token_embeddings(len(tokenizer))`)."
+        )
     if low < 0 or high >= vocab_size:
         raise ValueError(
             f"input_ids holds ids from {low} to {high}, but the language model's vocabulary has {vocab_size} rows "

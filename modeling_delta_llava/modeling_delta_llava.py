@@ -270,7 +270,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            check_input_ids(input_ids, self.get_input_embeddings().num_embeddings)
+            check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, self.config.image_token_id)
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = None

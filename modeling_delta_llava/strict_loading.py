@@ -6,6 +6,8 @@ that lacks a projector tensor, holds another projector type or was cut short mus
 
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .modeling_delta_llava import DeltaLlavaForConditionalGeneration
 
 
@@ -14,7 +16,7 @@ def load_checkpoint_strictly(path: str | Path, **kwargs) -> DeltaLlavaForConditi
     weight files cannot be read or do not hold exactly the model's weights, naming the folder and the keys."""
     try:
         model, info = DeltaLlavaForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         if isinstance(error, FileNotFoundError) and not Path(path).exists():
             raise
         raise ValueError(

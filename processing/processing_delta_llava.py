@@ -20,9 +20,6 @@ BUDGET_EXAMPLES = (576, 144, 64, 36, 16, 4, 1)
 # placeholder is followed by a newline instead).
 # The assistant's answer and its closing </s> sit inside {% generation %} so TRL can train on assistant tokens only.
 DEFAULT_CHAT_TEMPLATE = """\
-{%- if not messages -%}
-    {{- raise_exception('The conversation is empty: give at least one message.') -}}
-{%- endif -%}
 {{- bos_token -}}
 {%- for message in messages -%}
     {%- set ns = namespace(text='') -%}
@@ -262,6 +259,14 @@ class DeltaLlavaProcessor(ProcessorMixin):
         return BatchFeature(
             data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets", "visual_token_budget"]
         )
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' `apply_chat_template`, refusing an empty conversation (or batch of them) up front: the base
+        class would fail on it with an IndexError before the template's own check runs."""
+        batch = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
+        if not conversation or any(not messages for messages in batch):
+            raise ValueError("The conversation is empty: give at least one message.")
+        return super().apply_chat_template(conversation, *args, **kwargs)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """

@@ -11,7 +11,7 @@ import torch
 from jinja2.exceptions import TemplateError
 
 from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE, tiny_config
-from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
+from delta_llava import DeltaLlavaForConditionalGeneration
 from delta_llava.training.arguments import DeltaLlavaDataArguments
 from delta_llava.training.elastic_budget import ElasticBudgetCollator
 from delta_llava.training.train import check_processes_are_synchronised, load_training_data
@@ -28,7 +28,7 @@ CONFIG_CASES = [  # (overrides of the tiny config, exception, phrase of its mess
     ({"projector_hidden_act": "gelu_fastest"}, ValueError, "not an activation transformers knows"),
     ({"projector_hidden_act": 3}, ValueError, "projector_hidden_act=3 is not an activation"),
     ({"image_token_id": -1}, ValueError, "image_token_id=-1 must be a token id"),
-    ({"image_token_id": TINY_VOCAB_SIZE}, ValueError, f"[0, {TINY_VOCAB_SIZE - 1}]"),
+    ({"image_token_id": TINY_VOCAB_SIZE + 1}, ValueError, f"an integer in [0, {TINY_VOCAB_SIZE}]"),
     ({"image_token_id": 1.5}, ValueError, "image_token_id=1.5 must be a token id"),
     ({"image_token_id": True}, ValueError, "image_token_id=True must be a token id"),
     ({"vision_config": "clip"}, TypeError, "vision_config must be a dict or a transformers config"),
@@ -58,9 +58,11 @@ def test_bad_config_field(overrides, error, phrase):
         tiny_config(**overrides)
 
 
-def test_the_default_config_is_consistent():
-    config = DeltaLlavaConfig()  # the default image_token_id must fit the default vocabulary
-    assert config.image_token_id < config.text_config.vocab_size
+def test_an_image_token_beyond_the_embeddings_is_named_at_call_time():
+    model = DeltaLlavaForConditionalGeneration(tiny_config(image_token_id=TINY_VOCAB_SIZE))  # config before a resize
+    ids = torch.tensor([[1] + [TINY_VOCAB_SIZE] * 16])
+    with pytest.raises(ValueError, match=f"image_token_id={TINY_VOCAB_SIZE} is beyond the language model's"):
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, 32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,6 @@ def user(content):
 
 
 TEMPLATE_CASES = [  # (conversation, phrase)
-    ([], "The conversation is empty"),
     ([{"role": "user"}], "Message 0 (user) has no content"),
     (user(None), "Message 0 (user) has no content"),
     (user([{"text": "hi"}]), "has a part of type"),
@@ -139,6 +140,13 @@ TEMPLATE_CASES = [  # (conversation, phrase)
 def test_chat_template_refuses_what_it_cannot_render(conversation, phrase):
     with pytest.raises(TemplateError, match=re.escape(phrase)):
         make_processor().apply_chat_template(conversation, tokenize=False)
+
+
+def test_empty_conversations_are_refused():
+    processor = make_processor()
+    for conversation in ([], [[]]):  # one empty conversation, a batch holding one
+        with pytest.raises(ValueError, match="The conversation is empty"):
+            processor.apply_chat_template(conversation, tokenize=False)
 
 
 def test_bad_processor_arguments():

@@ -189,7 +189,7 @@ def test_fsdp_config_builds_the_plugin_accelerate_launch_would():
     with patch_environment(**environment):
         plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
-    assert plugin.transformer_cls_names_to_wrap == ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    assert plugin.transformer_cls_names_to_wrap is None  # wraps by the model's _no_split_modules (test_fsdp.py)
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
     assert plugin.activation_checkpointing is False
 
