@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from delta_llava.training import quickstart
 
@@ -76,3 +77,16 @@ def test_checkpoint_and_plot_are_written(tiny_quickstart):
     assert (out / "accuracy_by_budget.png").stat().st_size > 0
     assert results["example"]["reference"] and isinstance(results["example"]["answer"], str)
     assert results["arguments"]["warmup_steps"] == 3 and results["timings_s"]["Delta-LLaVA training"] > 0
+
+
+def test_the_language_model_is_drawn_from_the_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    tokenizer = quickstart.build_tokenizer(tmp_path / "tokenizer", grid_size=3)
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.manual_seed(len(weights) + 100)  # whatever state the process is in
+        quickstart.build_language_model(tmp_path / name, tokenizer, num_layers=1, num_heads=2, seed=seed)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert not all(torch.equal(weights[0][key], weights[2][key]) for key in weights[0])

@@ -142,8 +142,8 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     return losses
 
 
-def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads: int) -> None:
-    """A small Llama (width 128) with random weights over the synthetic vocabulary."""
+def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads: int, seed: int) -> None:
+    """A small Llama (width 128) with random weights (drawn from `seed`) over the synthetic vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -156,6 +156,7 @@ def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    torch.manual_seed(seed)  # torch's own start seed differs per process: unseeded, every run had another LM
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
@@ -180,7 +181,9 @@ def run(args: QuickStartArguments) -> dict:
     lap("synthetic data")
 
     tokenizer = build_tokenizer(out / "language_model", grid_size=3)
-    build_language_model(out / "language_model", tokenizer, args.language_model_layers, args.language_model_heads)
+    build_language_model(
+        out / "language_model", tokenizer, args.language_model_layers, args.language_model_heads, args.seed
+    )
     warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
     lap("vision tower warm-up")
 
