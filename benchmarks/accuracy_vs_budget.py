@@ -298,7 +298,10 @@ def build_shared(args, grid: dict, work: Path) -> dict:
         lap("object masks")
 
     tokenizer = build_tokenizer(work / "language_model", grid_size=SCENE_GRID)
-    build_language_model(work / "language_model", tokenizer, QUICK_START.language_model_layers, QUICK_START.language_model_heads)
+    build_language_model(
+        work / "language_model", tokenizer, QUICK_START.language_model_layers, QUICK_START.language_model_heads,
+        seed=args.data_seed,
+    )
     tower_args = QuickStartArguments(
         output_dir=str(work),
         image_size=args.image_size,
