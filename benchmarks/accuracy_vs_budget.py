@@ -688,10 +688,11 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = plan_jobs(args, grid, shared["max_masks"])
     print(f"{len(jobs)} training runs, {sum(len(j.evaluations) for j in jobs)} evaluations", flush=True)
 
-    checkpoints, rows, estimate = [], [], None
+    finished, estimate = {}, None
     for done, (job, checkpoint, job_rows) in enumerate(run_jobs(args, jobs, shared), start=1):
-        checkpoints.append(checkpoint)
-        rows += job_rows
+        finished[job.name] = (checkpoint, job_rows)  # kept in the plan's order, whichever worker finishes first
+        checkpoints = [finished[j.name][0] for j in jobs if j.name in finished]
+        rows = [row for j in jobs if j.name in finished for row in finished[j.name][1]]
         accuracy = ", ".join(
             f"{row['label']}@{row['budget']}"
             + ("" if row["max_object_tokens"] is None else f" k={row['max_object_tokens']}")
