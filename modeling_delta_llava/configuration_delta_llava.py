@@ -4,6 +4,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
+from .input_checks import check_max_object_tokens
+
 
 PROJECTOR_TYPES = ("delta", "mlp2x_gelu", "tokenpacker", "avgpool")
 DELTA_LAYOUTS = ("official", "shared_base")
@@ -259,8 +261,7 @@ class DeltaLlavaConfig(PreTrainedConfig):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field}={value!r} must be a positive integer.")
-        if isinstance(self.max_object_tokens, bool) or not isinstance(self.max_object_tokens, int) or self.max_object_tokens < 0:
-            raise ValueError(f"max_object_tokens={self.max_object_tokens!r} must be an integer >= 0 (0 turns them off).")
+        check_max_object_tokens(self.max_object_tokens)
         if self.projector_type != "delta":
             return
         self.validate_layout_only_fields()

@@ -62,6 +62,7 @@ def compute_dtype(args: SFTConfig) -> torch.dtype:
 def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArguments, training_args: SFTConfig):
     """Runs one stage and saves a checkpoint that loads with AutoModelForImageTextToText + trust_remote_code."""
     set_seed(training_args.seed)
+    check_processes_are_synchronised(training_args.world_size)  # before anything is built
     resume_from = resolve_resume_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir, model_args.resume_without_training_state
     )  # refused before anything is built
@@ -90,7 +91,6 @@ def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArgumen
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
     )
-    check_processes_are_synchronised(trainer.accelerator.num_processes)
     if model_args.cache_vision_features:
         delta_llava = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = delta_llava.config
