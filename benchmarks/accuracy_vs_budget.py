@@ -414,10 +414,10 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
                     "mean_object_tokens": object_tokens,
                     "tokens": tokens,
                     "seed": job.seed,
-                    "train_s": round(train_s, 1),
+                    "train_s": round(train_s, 3),  # ms: a tiny run's evaluation can take under 0.05 s
                     "train_shared_by_rows": len(job.evaluations),
-                    "eval_s": round(eval_s, 1),
-                    "wall_s": round(train_s + eval_s, 1),
+                    "eval_s": round(eval_s, 3),
+                    "wall_s": round(train_s + eval_s, 3),
                     "accuracy": {name: score["accuracy"] for name, score in scores.items()},
                     "majority": {name: score["accuracy"] for name, score in majority.items()},
                     "learned": overall > level + args.learned_margin,
