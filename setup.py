@@ -12,6 +12,7 @@ PACKAGES = {
     "delta_llava.processing": "processing",
     "delta_llava.training": "training",
     "delta_llava.hub_cards": "hub_cards",
+    "delta_llava.evaluation": "evaluation",
 }
 
 setup(
@@ -46,6 +47,7 @@ setup(
     extras_require={
         "quantization": ["bitsandbytes==0.50.2"],
         "test": ["pytest", "hypothesis", "scikit-image", "bitsandbytes==0.50.2"],
+        "eval": ["lmms-eval==0.7.3"],
     },
     entry_points={
         "console_scripts": [
@@ -53,6 +55,7 @@ setup(
             "delta-llava-quickstart=delta_llava.training.quickstart:main",
             "delta-llava-export=delta_llava.hub_cards.export:main",
             "delta-llava-convert-official=delta_llava.official_checkpoint:main",
-        ]
+        ],
+        "lmms_eval.models": ["delta_llava=delta_llava.evaluation.lmms_eval_registration:model_manifest"],
     },
 )
