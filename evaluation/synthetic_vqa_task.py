@@ -18,6 +18,7 @@ import datasets
 import yaml
 
 from ..training.evaluate_vqa import user_turn
+from ..training.synthetic_vqa import question_text
 from ..training.vqa_metrics import score_predictions
 
 TASK_NAME = "delta_llava_synthetic_vqa"
@@ -59,6 +60,7 @@ def write_synthetic_vqa_task(dataset: datasets.Dataset, task_dir: str | Path, ta
         "dataset_kwargs": {"load_from_disk": True},
         "test_split": SPLIT,
         "output_type": "generate_until",
+        "doc_to_text": _FunctionReference("doc_to_text"),
         "doc_to_messages": _FunctionReference("doc_to_messages"),
         "doc_to_target": "answer",
         "process_results": _FunctionReference("process_results"),
@@ -76,6 +78,11 @@ def write_synthetic_vqa_task(dataset: datasets.Dataset, task_dir: str | Path, ta
     path = task_dir / f"{task_name}.yaml"
     path.write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False))
     return path
+
+
+def doc_to_text(doc: dict) -> str:
+    """The row's question (lmms-eval's request context; the model reads `doc_to_messages`)."""
+    return question_text(doc["messages"])
 
 
 def doc_to_messages(doc: dict) -> list[dict]:

@@ -68,8 +68,12 @@ class ExportArguments:
     budgets: list[int] | None = field(
         default=None, metadata={"help": "Budgets to export (default: each of 576 144 64 36 16 4 1 the grid allows)."}
     )
-    results: str | None = field(
-        default=None, metadata={"help": "Evaluation results JSON (e.g. the quick start's results.json) for the cards."}
+    results: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation results for the cards: the quick start's results.json, or lmms-eval's "
+            "<date>_results.json files (one per budget)."
+        },
     )
     training_recipe: list[str] | None = field(
         default=None, metadata={"help": "The delta-llava-train YAML recipe(s) the checkpoint was trained with."}
@@ -171,7 +175,7 @@ def budgets_per_checkpoint(checkpoints: list[Path], budgets: list[int] | None) -
     return {budget: served[budget] for budget in budgets or served}
 
 
-def check_results_budgets(evaluation: EvaluationResults, results: str | Path, checkpoints: set[Path]) -> None:
+def check_results_budgets(evaluation: EvaluationResults, checkpoints: set[Path]) -> None:
     """A results file scored at a budget no checkpoint can serve would put numbers on the cards that no export
     reproduces: refused, naming the budgets."""
     servable = set()
@@ -180,7 +184,7 @@ def check_results_budgets(evaluation: EvaluationResults, results: str | Path, ch
     impossible = sorted(set(evaluation.budgets) - servable, reverse=True)
     if impossible:
         raise ValueError(
-            f"--results {results} has scores at {impossible} visual tokens, which the checkpoint(s) cannot serve "
+            f"--results {evaluation.source_names} has scores at {impossible} visual tokens, which the checkpoint(s) cannot serve "
             f"(they serve {sorted(servable, reverse=True)}): pass the results of an evaluation of these checkpoints."
         )
 
@@ -273,7 +277,7 @@ def export_checkpoints(
     output_dir: str | Path,
     budgets: list[int] | None = None,
     *,
-    results: str | Path | None = None,
+    results: str | Path | list[str | Path] | None = None,
     training_recipes: list[str | Path] = (),
     repo_id_pattern: str | None = None,
     push: bool = False,
@@ -298,7 +302,7 @@ def export_checkpoints(
     plans = plan_exports(checkpoints, output_dir, budgets, repo_id_pattern, overwrite)
     evaluation = load_evaluation_results(results) if results else None
     if evaluation is not None:
-        check_results_budgets(evaluation, results, {plan.checkpoint for plan in plans})
+        check_results_budgets(evaluation, {plan.checkpoint for plan in plans})
     training = read_training_records(training_recipes, evaluation)
     publisher = None
     if push and not dry_run:

@@ -49,14 +49,13 @@ def recorded_base_models(config: DeltaLlavaConfig) -> list[str]:
 def evaluation_results_for_card(results: EvaluationResults, budget: int) -> list[EvalResult]:
     """One `EvalResult` per score of every question type at `budget`, exactly as the file holds them."""
     scores = results.at_budget(budget) or {}
-    dataset = results.dataset
     return [
         EvalResult(
             task_type=TASK_TYPE,
             task_name="Visual Question Answering",
-            dataset_type=dataset["type"],
-            dataset_name=dataset["name"],
-            dataset_split=dataset.get("split"),
+            dataset_type=results.dataset_of(question_type)["type"],
+            dataset_name=results.dataset_of(question_type)["name"],
+            dataset_split=results.dataset_of(question_type).get("split"),
             metric_type=metric,
             metric_name=f"{question_type} {metric}",
             metric_value=value,
@@ -170,7 +169,7 @@ def _evaluation_context(results: EvaluationResults, budget: int) -> dict:
         if other != budget and "accuracy" in results.scores[other].get("overall", {})
     ]
     return {
-        "source": results.source.name,
+        "source": results.source_names,
         "dataset": results.dataset,
         "synthetic": results.dataset["type"] == SYNTHETIC_VQA["type"],
         "rows": rows,
