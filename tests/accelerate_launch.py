@@ -10,14 +10,18 @@ TESTS_DIR = Path(__file__).resolve().parent
 ACCELERATE_CONFIGS = TESTS_DIR.parent / "training" / "accelerate_configs"
 
 
-def launch(config_name: str, script: str, *args: str, extra_flags: tuple[str, ...] = ()) -> None:
-    """Runs `tests/<script> args...` under `training/accelerate_configs/<config_name>`; fails with its stderr."""
+def free_port() -> int:
+    """A TCP port nothing listens on now, for the launcher's rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def launch(config_name: str, script: str, *args: str, extra_flags: tuple[str, ...] = ()) -> None:
+    """Runs `tests/<script> args...` under `training/accelerate_configs/<config_name>`; fails with its stderr."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config_name),
-        "--main_process_port", str(port), *extra_flags, str(TESTS_DIR / script), *args,
+        "--main_process_port", str(free_port()), *extra_flags, str(TESTS_DIR / script), *args,
     ]  # fmt: skip
     env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(TESTS_DIR), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
