@@ -47,7 +47,10 @@ setup(
     extras_require={
         "quantization": ["bitsandbytes==0.50.2"],
         "test": ["pytest", "hypothesis", "scikit-image", "bitsandbytes==0.50.2"],
-        "eval": ["lmms-eval==0.7.3"],
+        # lmms-eval 0.7.3 patches `filelock._api`, which filelock 4 no longer has ("No module named 'filelock._api'").
+        # It also requires torchvision, which PyPI has only as CUDA builds: beside a CPU torch it cannot load its
+        # ops and breaks every transformers image import; see the README's "Evaluating with lmms-eval".
+        "eval": ["lmms-eval==0.7.3", "filelock>=3.16,<4"],
     },
     entry_points={
         "console_scripts": [
