@@ -114,7 +114,9 @@ class DeltaLlavaLmms(lmms):
                 batch = indices[start : start + self.batch_size]
                 for index, answer in zip(batch, self._answer_batch([requests[index] for index in batch])):
                     answers[index] = answer
-                    self.cache_hook.add_partial("generate_until", (requests[index].args[0], requests[index].args[2]), answer)
+                    self.cache_hook.add_partial(
+                        "generate_until", (requests[index].args[0], requests[index].args[2]), answer
+                    )
                 progress.update(len(batch))
         progress.close()
         return answers

@@ -91,7 +91,9 @@ def doc_to_messages(doc: dict) -> list[dict]:
     messages = []
     for message in user_turn(doc["messages"]):
         content = [
-            {"type": "image", "url": next(images)} if part["type"] == "image" else {"type": "text", "text": part["text"]}
+            {"type": "image", "url": next(images)}
+            if part["type"] == "image"
+            else {"type": "text", "text": part["text"]}
             for part in message["content"]
         ]
         messages.append({"role": message["role"], "content": content})

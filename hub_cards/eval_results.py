@@ -15,8 +15,8 @@ Scores per question type are numbers (`accuracy`, and `precision`/`recall`/`f1`/
 """
 
 import json
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lmms_eval_results import LMMS_EVAL_DATASET_TYPE, is_lmms_eval_results, read_lmms_eval_results

@@ -184,8 +184,9 @@ def check_results_budgets(evaluation: EvaluationResults, checkpoints: set[Path])
     impossible = sorted(set(evaluation.budgets) - servable, reverse=True)
     if impossible:
         raise ValueError(
-            f"--results {evaluation.source_names} has scores at {impossible} visual tokens, which the checkpoint(s) cannot serve "
-            f"(they serve {sorted(servable, reverse=True)}): pass the results of an evaluation of these checkpoints."
+            f"--results {evaluation.source_names} has scores at {impossible} visual tokens, which the checkpoint(s) "
+            f"cannot serve (they serve {sorted(servable, reverse=True)}): pass the results of an evaluation of these "
+            "checkpoints."
         )
 
 

@@ -5,7 +5,8 @@ lmms-eval evaluates one model configuration per run, so one file holds one budge
 
     {"results": {"<task>": {"alias": ..., "<metric>,<filter>": 0.61, "<metric>_stderr,<filter>": ...}},
      "configs": {"<task>": {"dataset_path": ..., "dataset_name": ..., "test_split": ...}},
-     "n-samples": {"<task>": {"effective": 300}}, "config": {"model": "delta_llava", "model_args": "...,num_visual_tokens=36"}}
+     "n-samples": {"<task>": {"effective": 300}},
+     "config": {"model": "delta_llava", "model_args": "...,num_visual_tokens=36"}}
 
 Metric names lose their filter suffix (`exact_match,none` -> `exact_match`); standard errors and non-numeric entries
 are left out.
@@ -29,10 +30,7 @@ def read_lmms_eval_results(raw: dict, path: Path) -> tuple[int, dict[str, dict],
         metrics = {
             name.split(",", 1)[0]: value
             for name, value in entries.items()
-            if "," in name
-            and "_stderr" not in name
-            and isinstance(value, (int, float))
-            and not isinstance(value, bool)
+            if "," in name and "_stderr" not in name and isinstance(value, (int, float)) and not isinstance(value, bool)
         }
         if not metrics:
             continue  # a group's row without its own scores

@@ -150,11 +150,17 @@ def requests_for(questions, generation_kwargs: list[dict]) -> tuple[list[Instanc
 
 
 def test_batches_and_mixed_generation_kwargs_answer_as_one_request_at_a_time(setup):
-    kinds = [{"max_new_tokens": 24, "until": []}, {"max_new_tokens": 1, "until": []}, {"max_new_tokens": 24, "until": ["s"]}]
+    kinds = [
+        {"max_new_tokens": 24, "until": []},
+        {"max_new_tokens": 1, "until": []},
+        {"max_new_tokens": 24, "until": ["s"]},
+    ]
     requests, task_dict = requests_for(setup.questions, [kinds[i % 3] for i in range(len(setup.questions))])
     answers = {}
     for batch_size in (1, 5):
-        model = DeltaLlavaLmms(pretrained=str(setup.checkpoint), num_visual_tokens=4, device="cpu", batch_size=batch_size)
+        model = DeltaLlavaLmms(
+            pretrained=str(setup.checkpoint), num_visual_tokens=4, device="cpu", batch_size=batch_size
+        )
         model.task_dict = task_dict
         answers[batch_size] = model.generate_until(requests)
     assert answers[1] == answers[5]
@@ -185,7 +191,11 @@ def object_token_setup(setup, tmp_path_factory):
     """A checkpoint with object tokens (one training step) and a tiny Deformable DETR + SAM saved as folders."""
     root = tmp_path_factory.mktemp("object_tokens")
     checkpoint = root / "checkpoint"
-    train(model_arguments(setup.parts, use_object_tokens=True), data_arguments(setup.parts), sft_config(checkpoint, max_steps=1))
+    train(
+        model_arguments(setup.parts, use_object_tokens=True),
+        data_arguments(setup.parts),
+        sft_config(checkpoint, max_steps=1),
+    )
     extractor = make_extractor()
     for model, processor, name in [
         (extractor.detector, extractor.detector_processor, "detector"),
