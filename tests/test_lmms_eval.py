@@ -167,6 +167,15 @@ def test_batches_and_mixed_generation_kwargs_answer_as_one_request_at_a_time(set
     assert all("s" not in answer for answer in answers[1][2::3])
 
 
+def test_dtype_and_device_reach_the_model_and_its_inputs(setup):
+    model = DeltaLlavaLmms(pretrained=str(setup.checkpoint), num_visual_tokens=4, dtype="bfloat16", device="cpu")
+    assert model.model.dtype == torch.bfloat16 and model.model.device == torch.device("cpu")
+    requests, model.task_dict = requests_for(setup.questions, [{"max_new_tokens": 3, "until": []}] * 2)
+    assert all(isinstance(answer, str) for answer in model.generate_until(requests))
+    with pytest.raises(ValueError, match="dtype='fp8' is not one of"):
+        DeltaLlavaLmms(pretrained=str(setup.checkpoint), dtype="fp8")
+
+
 def test_generation_kwargs_become_generate_arguments():
     assert sampling_settings({"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "num_beams": 1}) == {
         "max_new_tokens": 16,
