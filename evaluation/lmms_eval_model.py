@@ -84,6 +84,8 @@ class DeltaLlavaLmms(lmms):
             pretrained, trust_remote_code=True, dtype=dtype if dtype == "auto" else DTYPES[dtype]
         ).to(self.device)
         self.model.eval()
+        if num_visual_tokens is not None:  # refused here, before lmms-eval fetches and prepares any dataset
+            self.model.config.check_num_visual_tokens(num_visual_tokens)
         self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=True)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row right after its prompt
         self.num_visual_tokens = num_visual_tokens

@@ -248,6 +248,8 @@ def test_object_masks_are_computed_on_the_fly_for_a_mask_checkpoint(setup, objec
 def test_bad_model_args_name_the_fix(setup, object_token_setup):
     with pytest.raises(TypeError, match="Unknown --model_args for delta_llava: \\['num_visual_token'\\]"):
         DeltaLlavaLmms(pretrained=str(setup.checkpoint), num_visual_token=4)
+    with pytest.raises(ValueError, match="num_visual_tokens=9 is not possible: .* Allowed values: \\[64, 16, 4, 1\\]"):
+        DeltaLlavaLmms(pretrained=str(setup.checkpoint), num_visual_tokens=9)
     with pytest.raises(ValueError, match="batch_size='auto' must be a positive integer"):
         DeltaLlavaLmms(pretrained=str(setup.checkpoint), batch_size="auto")
     with pytest.raises(ValueError, match="segmenter=<SAM id or folder>"):
