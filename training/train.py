@@ -122,10 +122,16 @@ def save_checkpoint(trainer, processor, model_args: DeltaLlavaModelArguments, ou
             raise ValueError("--merge_lora with --use_qlora would merge into 4-bit weights: merge a LoRA run instead.")
         model = model.merge_and_unload()
         model.save_pretrained(output_dir)
-    elif trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing from sharded state dicts (FSDP's default)
-        state_dict = trainer.accelerator.get_state_dict(model)  # a collective: every rank gathers, rank 0 keeps
+    elif trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # Gathered here, not by Trainer.save_model: under FSDP it writes nothing from sharded state dicts, and under
+        # ZeRO-3 its save_pretrained "reverts" a renaming transformers recorded while loading the partitioned model,
+        # writing model.language_model.model.* keys. Our checkpoints are always written under the model's own names.
+        sharded = trainer.deepspeed if trainer.is_deepspeed_enabled else model
+        state_dict = trainer.accelerator.get_state_dict(sharded)  # a collective: every rank gathers, rank 0 keeps
         if trainer.accelerator.is_main_process:
-            trainer.accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+            trainer.accelerator.unwrap_model(model).save_pretrained(
+                output_dir, state_dict=state_dict, save_original_format=False
+            )
     else:
         trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
