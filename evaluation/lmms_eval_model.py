@@ -10,8 +10,8 @@ of one request at a time.
     pretrained: checkpoint folder or Hub id (loaded with `trust_remote_code=True`).
     num_visual_tokens: projector tokens per image, a perfect square (default: the processor's).
     max_object_tokens: object tokens per image for a checkpoint with object tokens (default: the processor's).
-    object_detector, segmenter: Deformable DETR and SAM (Hub ids or folders); each image's object masks are then
-        computed on the fly with `ObjectMaskExtractor`, so a Mask-LLaVA checkpoint needs no precomputed masks.
+    object_detector, segmenter: Deformable DETR and SAM (Hub ids or folders); the processor then computes each image's
+        object masks on the fly with an `ObjectMaskExtractor`, so a Mask-LLaVA checkpoint needs no precomputed masks.
     dtype: "float32" (default), "bfloat16", "float16" or "auto" (the checkpoint's).
     device: "cpu", "cuda", "cuda:1", ... (default: CUDA when there is one); under `accelerate launch` each process
         uses its own device.
@@ -132,18 +132,14 @@ class DeltaLlavaLmms(lmms):
             messages, request_images = to_processor_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
             prompts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True))
             images.append(request_images)
-        object_inputs = {}
-        if self.mask_extractor is not None:
-            flat_images = [image for request_images in images for image in request_images]
-            masks = [object_masks.masks.cpu() for object_masks in self.mask_extractor(flat_images)]
-            object_inputs = {"object_masks": masks, "max_object_tokens": self.max_object_tokens}
         inputs = self.processor(
             images=images if any(images) else None,
             text=prompts,
             num_visual_tokens=self.num_visual_tokens,
+            max_object_tokens=self.max_object_tokens,
+            object_mask_extractor=self.mask_extractor,  # None: no object masks
             padding=True,
             return_tensors="pt",
-            **object_inputs,
         ).to(self.device, dtype=self.model.dtype)
         generation_kwargs = dict(requests[0].args[2])
         until = stop_strings(generation_kwargs.pop("until", None))

@@ -178,6 +178,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         num_visual_tokens: int | None = None,
         max_object_tokens: int | None = None,
         object_masks: list | torch.Tensor | None = None,
+        object_mask_extractor=None,
         padding: bool | str | None = None,
         truncation: bool | str | None = None,
         max_length: int | None = None,
@@ -197,6 +198,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 flat list or one list per sample, or one `(num_images, M, H, W)` array; valid masks first (objects
                 by score, then the background), see `object_mask_inputs`. Without masks the model adds no object
                 tokens.
+            object_mask_extractor: instead of `object_masks`, an `ObjectMaskExtractor` (Deformable DETR + SAM) or
+                any callable mapping a list of PIL images to objects with a `masks` tensor `(M_i, H, W)`: the masks
+                of every image are then computed here, on the images as given (before `pad_to_square`).
             padding: tokenizer padding (default `True`: pad to the longest sample, on `tokenizer.padding_side`).
             truncation, max_length: tokenizer truncation; a truncation that would cut image tokens is refused.
             return_tensors: `"pt"` (default), `"np"` or `None` (lists).
@@ -215,6 +219,10 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 raise ValueError(f"DeltaLlavaProcessor reads images and text only; got {modality}.")
         if images is None and text is None:
             raise ValueError("Pass `text` (with one image placeholder per image), `images`, or both.")
+        if object_masks is not None and object_mask_extractor is not None:
+            raise ValueError(
+                "Pass `object_masks` (precomputed) or `object_mask_extractor` (computes them here), not both."
+            )
         if num_visual_tokens is None:
             num_visual_tokens = self.num_visual_tokens
         if max_object_tokens is None:
@@ -228,6 +236,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
         tokens_per_image = []
         if flat_images:
             rgb_images = [to_rgb_image(image) for image in flat_images]
+            if object_mask_extractor is not None:
+                object_masks = [found.masks.cpu() for found in object_mask_extractor(rgb_images)]
             if self.pad_to_square:
                 rgb_images = [pad_to_square(image, self.padding_colour) for image in rgb_images]
             mask_counts = [0] * len(rgb_images)

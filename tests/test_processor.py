@@ -2,6 +2,7 @@
 
 import functools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -112,6 +113,32 @@ def test_object_masks_as_one_4d_tensor():
     masks[1, :1, 0, 0] = 1
     inputs = processor(images=[image(), image()], text=["<image>", "<image>"], object_masks=masks)
     assert image_counts(inputs) == [6, 5]
+
+
+def test_the_processor_computes_object_masks_with_an_extractor_on_the_images_as_given():
+    """`object_mask_extractor` runs on the images before padding; the result equals passing its masks yourself."""
+    seen_sizes = []
+
+    def masks_of(width: int, height: int, count: int) -> np.ndarray:
+        stack = np.zeros((count, height, width), bool)
+        for index in range(count):
+            stack[index, index : index + 2, 0:2] = True
+        return stack
+
+    def extractor(images):
+        seen_sizes.extend(picture.size for picture in images)
+        return [SimpleNamespace(masks=torch.as_tensor(masks_of(*p.size, n))) for n, p in enumerate(images, start=1)]
+
+    processor = make_processor(use_object_tokens=True, mask_size=8, pad_to_square=True)
+    images, texts = [image(size=(20, 12)), image(size=(12, 20))], ["<image> a", "<image> red"]
+    computed = processor(images=images, text=texts, object_mask_extractor=extractor)
+    given = processor(images=images, text=texts, object_masks=[masks_of(20, 12, 1), masks_of(12, 20, 2)])
+    assert seen_sizes == [(20, 12), (12, 20)]
+    assert image_counts(computed) == [4 + 1, 4 + 2]
+    for key in ("input_ids", "pixel_values", "object_masks"):
+        torch.testing.assert_close(computed[key], given[key])
+    with pytest.raises(ValueError, match="not both"):
+        processor(images=images, text=texts, object_masks=given["object_masks"], object_mask_extractor=extractor)
 
 
 # ---- batches and several images --------------------------------------------------------------------------------
