@@ -91,7 +91,7 @@ class QuickStartArguments:
     language_model_layers: int = field(default=3, metadata={"help": "Layers of the random small Llama."})
     language_model_heads: int = field(default=8, metadata={"help": "Attention heads of the small Llama (width 128)."})
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
+    learning_rate: float = field(default=2.5e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     train_budget: int = field(
         default=9, metadata={"help": "The checkpoint's default budget (9 = one token per scene cell); one of the trained."}
