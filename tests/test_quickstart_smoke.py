@@ -8,26 +8,28 @@ import torch
 from delta_llava.training import quickstart
 
 
+def tiny_arguments(out) -> list[str]:
+    return [
+        "--output_dir", str(out),
+        "--train_samples", "48",
+        "--test_samples", "12",
+        "--image_size", "32",
+        "--patch_size", "4",  # an 8x8 patch grid: budgets 64, 16, 4, 1
+        "--warmup_steps", "3",
+        "--train_steps", "3",
+        "--batch_size", "4",
+        "--train_budget", "4",
+        "--elastic_budgets", "16", "4",  # 1 is evaluated but not trained: no bar there
+        "--eval_budgets", "16", "4", "1",
+        "--language_model_layers", "1",
+        "--language_model_heads", "2",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tiny_quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
-    quickstart.main(
-        [
-            "--output_dir", str(out),
-            "--train_samples", "48",
-            "--test_samples", "12",
-            "--image_size", "32",
-            "--patch_size", "4",  # an 8x8 patch grid: budgets 64, 16, 4, 1
-            "--warmup_steps", "3",
-            "--train_steps", "3",
-            "--batch_size", "4",
-            "--train_budget", "4",
-            "--elastic_budgets", "16", "4",  # 1 is evaluated but not trained: no bar there
-            "--eval_budgets", "16", "4", "1",
-            "--language_model_layers", "1",
-            "--language_model_heads", "2",
-        ]
-    )  # fmt: skip
+    quickstart.main(tiny_arguments(out))
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -90,3 +92,33 @@ def test_the_language_model_is_drawn_from_the_seed(tmp_path):
         weights.append(load_file(tmp_path / name / "model.safetensors"))
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     assert not all(torch.equal(weights[0][key], weights[2][key]) for key in weights[0])
+
+
+def test_single_budget_steps_must_leave_elastic_steps(tmp_path):
+    with pytest.raises(ValueError, match="--single_budget_steps 3 must be at least 0 and below --train_steps 3"):
+        quickstart.main([*tiny_arguments(tmp_path), "--single_budget_steps", "3"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path, tiny_quickstart):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "phased"
+    arguments = [*tiny_arguments(out), "--single_budget_steps", "1", "--curve_every_steps", "2", "--curve_samples", "6"]
+    quickstart.main(arguments)
+    curves = json.loads((out / "learning_curves.json").read_text())
+    assert [point["step"] for point in curves["points"]] == [1, 2, 3]  # end of phase 1, every 2 steps, the end
+    assert all(list(point["budgets"]) == ["16", "4", "1"] for point in curves["points"])
+    assert all(point["budgets"]["4"]["overall"]["num_samples"] == 6 for point in curves["points"])
+    assert (out / "learning_curves.png").stat().st_size > 0
+    first_phase = json.loads((out / "single_budget_checkpoint" / "config.json").read_text())
+    assert first_phase["num_visual_tokens"] == 4
+
+    without_curves = tmp_path / "phased_without_curves"
+    quickstart.main([*tiny_arguments(without_curves), "--single_budget_steps", "1"])
+    assert not (without_curves / "learning_curves.json").exists()
+    weights = load_file(out / "checkpoint" / "model.safetensors")
+    reference = load_file(without_curves / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(weights[key], reference[key]) for key in reference)  # measuring did not change training
+    untouched = load_file(tiny_quickstart[0] / "checkpoint" / "model.safetensors")  # the same run, all elastic
+    assert not all(torch.equal(weights[key], untouched[key]) for key in untouched)

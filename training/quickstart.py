@@ -32,6 +32,7 @@ from trl import SFTConfig
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
 from .budget_report import learning_verdict, plot_accuracy_by_budget, print_accuracy_table, verdict_line
 from .evaluate_vqa import evaluate_budget, generate_answers, user_turn
+from .learning_curves import LearningCurveCallback
 from .local_tokenizer import build_word_level_tokenizer
 from .synthetic_vqa import CELL_LABEL_NAMES, make_synthetic_vqa, word_vocabulary
 from .train import train
@@ -91,6 +92,9 @@ class QuickStartArguments:
     language_model_layers: int = field(default=3, metadata={"help": "Layers of the random small Llama."})
     language_model_heads: int = field(default=8, metadata={"help": "Attention heads of the small Llama (width 128)."})
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
+    single_budget_steps: int = field(
+        default=0, metadata={"help": "Of train_steps, the first ones at train_budget alone; the rest are elastic."}
+    )
     learning_rate: float = field(default=2.5e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     train_budget: int = field(
@@ -101,6 +105,10 @@ class QuickStartArguments:
         metadata={"help": "Budgets trained over, one drawn per batch: one checkpoint for all. One budget = only it."},
     )
     eval_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
+    curve_every_steps: int = field(
+        default=0, metadata={"help": "Measure learning curves every this many steps at every eval budget (0: off)."}
+    )
+    curve_samples: int = field(default=300, metadata={"help": "Test questions the learning curves are measured on."})
     seed: int = field(default=0)
 
 
@@ -161,7 +169,42 @@ def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads:
     tokenizer.save_pretrained(directory)
 
 
+def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curves: LearningCurveCallback | None):
+    """
+    `single_budget_steps` steps at `train_budget` alone (saved to `out/single_budget_checkpoint`), then the rest of
+    `train_steps` elastic over `elastic_budgets`, continuing from it; the final checkpoint goes to `checkpoint`.
+    Returns the last phase's trainer.
+    """
+    elastic_steps = args.train_steps - args.single_budget_steps
+    phases = [(args.single_budget_steps, [args.train_budget]), (elastic_steps, args.elastic_budgets)]
+    phases = [(steps, budgets) for steps, budgets in phases if steps > 0]
+    start = {
+        "vision_tower": str(out / "vision_tower"),
+        "language_model": str(out / "language_model"),
+        "vision_feature_layer": -1,
+        "num_visual_tokens": args.train_budget,
+        **small_projector(),
+    }
+    data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
+    for index, (steps, budgets) in enumerate(phases):
+        folder = checkpoint if index == len(phases) - 1 else out / "single_budget_checkpoint"
+        model_args = DeltaLlavaModelArguments(
+            stage="finetune", elastic_budgets=budgets, cache_vision_features=True, **start
+        )
+        training_args = small_training_config(str(folder), steps, args.batch_size, args.learning_rate, args.seed)
+        trainer = train(model_args, data_args, training_args, callbacks=[curves] if curves else None)
+        start = {"model_name_or_path": str(folder)}
+        if curves:
+            curves.step_offset += steps
+    return trainer
+
+
 def run(args: QuickStartArguments) -> dict:
+    if not 0 <= args.single_budget_steps < args.train_steps:
+        raise ValueError(
+            f"--single_budget_steps {args.single_budget_steps} must be at least 0 and below --train_steps "
+            f"{args.train_steps}: it is the first part of training, at --train_budget alone."
+        )
     if args.train_budget not in args.elastic_budgets:
         raise ValueError(
             f"--train_budget {args.train_budget} (the checkpoint's default budget) is not among the trained budgets "
@@ -187,23 +230,15 @@ def run(args: QuickStartArguments) -> dict:
     warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
     lap("vision tower warm-up")
 
+    curves = None
+    if args.curve_every_steps:
+        curve_set = test_set.select(range(min(args.curve_samples, len(test_set))))
+        curves = LearningCurveCallback(curve_set, args.eval_budgets, args.curve_every_steps)
     checkpoint = out / "checkpoint"
-    model_args = DeltaLlavaModelArguments(
-        vision_tower=str(out / "vision_tower"),
-        language_model=str(out / "language_model"),
-        stage="finetune",
-        vision_feature_layer=-1,
-        num_visual_tokens=args.train_budget,
-        elastic_budgets=args.elastic_budgets,
-        cache_vision_features=True,
-        **small_projector(),
-    )
-    data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
-    training_args = small_training_config(
-        str(checkpoint), args.train_steps, args.batch_size, args.learning_rate, args.seed
-    )
-    trainer = train(model_args, data_args, training_args)
+    trainer = train_in_phases(args, out, checkpoint, curves)
     lap("Delta-LLaVA training")
+    if curves:
+        curves.save(out, majority_baseline(curves.test_set))
 
     model, processor = trainer.model, trainer.processing_class
     results = {"majority": majority_baseline(test_set), "budgets": {}}

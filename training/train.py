@@ -59,8 +59,14 @@ def compute_dtype(args: SFTConfig) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArguments, training_args: SFTConfig):
-    """Runs one stage and saves a checkpoint that loads with AutoModelForImageTextToText + trust_remote_code."""
+def train(
+    model_args: DeltaLlavaModelArguments,
+    data_args: DeltaLlavaDataArguments,
+    training_args: SFTConfig,
+    callbacks: list | None = None,
+):
+    """Runs one stage and saves a checkpoint that loads with AutoModelForImageTextToText + trust_remote_code;
+    `callbacks` go to the trainer."""
     set_seed(training_args.seed)
     check_processes_are_synchronised(training_args.world_size)  # before anything is built
     resume_from = resolve_resume_checkpoint(
@@ -90,6 +96,7 @@ def train(model_args: DeltaLlavaModelArguments, data_args: DeltaLlavaDataArgumen
         processing_class=processor,
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
+        callbacks=callbacks,
     )
     if model_args.cache_vision_features:
         delta_llava = model.get_base_model() if hasattr(model, "get_base_model") else model
