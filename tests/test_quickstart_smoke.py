@@ -122,3 +122,14 @@ def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path,
     assert all(torch.equal(weights[key], reference[key]) for key in reference)  # measuring did not change training
     untouched = load_file(tiny_quickstart[0] / "checkpoint" / "model.safetensors")  # the same run, all elastic
     assert not all(torch.equal(weights[key], untouched[key]) for key in untouched)
+
+
+def test_the_thread_count_is_set_for_the_run_and_restored(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(quickstart, "run", lambda args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    quickstart.main(["--output_dir", str(tmp_path), "--torch_threads", "1"])
+    quickstart.main(["--output_dir", str(tmp_path), "--torch_threads", "0"])
+    assert seen == [1, before] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="--torch_threads -1 is negative"):
+        quickstart.main(["--output_dir", str(tmp_path), "--torch_threads", "-1"])

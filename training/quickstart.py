@@ -13,6 +13,7 @@ saved with its remote code, and one question answered by the checkpoint loaded b
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class QuickStartArguments:
     single_budget_steps: int = field(
         default=0, metadata={"help": "Of train_steps, the first ones at train_budget alone; the rest are elastic."}
     )
-    learning_rate: float = field(default=2.5e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     train_budget: int = field(
         default=9, metadata={"help": "The checkpoint's default budget (9 = one token per scene cell); one of the trained."}
@@ -110,6 +111,10 @@ class QuickStartArguments:
     )
     curve_samples: int = field(default=300, metadata={"help": "Test questions the learning curves are measured on."})
     seed: int = field(default=0)
+    torch_threads: int = field(
+        default=1,
+        metadata={"help": "CPU threads of torch (0: torch's default). The numbers depend on it: see the README."},
+    )
 
 
 def build_tokenizer(directory: Path, grid_size: int):
@@ -277,9 +282,25 @@ def run(args: QuickStartArguments) -> dict:
     return summary
 
 
+@contextmanager
+def cpu_threads(count: int):
+    """torch's CPU thread count set to `count` inside the block (0: left as it is), restored after. A run's numbers
+    depend on it: the thread count sets how sums are split, so the rounding, so where training goes."""
+    if count < 0:
+        raise ValueError(f"--torch_threads {count} is negative: give a thread count, or 0 for torch's default.")
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(QuickStartArguments).parse_args_into_dataclasses(args=argv)
-    run(args)
+    with cpu_threads(args.torch_threads):
+        run(args)
 
 
 if __name__ == "__main__":
