@@ -100,6 +100,22 @@ def test_single_budget_steps_must_leave_elastic_steps(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flag", ["--curve_every_steps", "--dataloader_workers"])
+def test_negative_counts_are_refused_before_anything_is_written(tmp_path, flag):
+    with pytest.raises(ValueError, match=f"{flag} -1 is negative"):
+        quickstart.main([*tiny_arguments(tmp_path), flag, "-1"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_batches_built_in_a_worker_process_train_the_same_weights(tmp_path, tiny_quickstart):
+    from safetensors.torch import load_file
+
+    quickstart.main([*tiny_arguments(tmp_path), "--dataloader_workers", "0"])  # the fixture ran with one worker
+    in_process = load_file(tmp_path / "checkpoint" / "model.safetensors")
+    in_worker = load_file(tiny_quickstart[0] / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(in_process[key], in_worker[key]) for key in in_worker)
+
+
 def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path, tiny_quickstart):
     from safetensors.torch import load_file
 

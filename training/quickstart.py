@@ -115,6 +115,10 @@ class QuickStartArguments:
         default=1,
         metadata={"help": "CPU threads of torch (0: torch's default). The numbers depend on it: see the README."},
     )
+    dataloader_workers: int = field(
+        default=1,
+        metadata={"help": "Processes that build batches beside training (0: in the training process). Same batches."},
+    )
 
 
 def build_tokenizer(directory: Path, grid_size: int):
@@ -196,7 +200,15 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         model_args = DeltaLlavaModelArguments(
             stage="finetune", elastic_budgets=budgets, cache_vision_features=True, **start
         )
-        training_args = small_training_config(str(folder), steps, args.batch_size, args.learning_rate, args.seed)
+        training_args = small_training_config(
+            str(folder),
+            steps,
+            args.batch_size,
+            args.learning_rate,
+            args.seed,
+            dataloader_num_workers=args.dataloader_workers,
+            dataloader_persistent_workers=args.dataloader_workers > 0,  # one start per phase, not one per epoch
+        )
         trainer = train(model_args, data_args, training_args, callbacks=[curves] if curves else None)
         start = {"model_name_or_path": str(folder)}
         if curves:
@@ -204,7 +216,8 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
     return trainer
 
 
-def run(args: QuickStartArguments) -> dict:
+def check_arguments(args: QuickStartArguments) -> None:
+    """Refuses settings that cannot work before anything is written."""
     if not 0 <= args.single_budget_steps < args.train_steps:
         raise ValueError(
             f"--single_budget_steps {args.single_budget_steps} must be at least 0 and below --train_steps "
@@ -215,6 +228,13 @@ def run(args: QuickStartArguments) -> dict:
             f"--train_budget {args.train_budget} (the checkpoint's default budget) is not among the trained budgets "
             f"--elastic_budgets {args.elastic_budgets}: add it there, or pick one of them."
         )
+    for name in ("curve_every_steps", "dataloader_workers"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} {getattr(args, name)} is negative: give 0 (off) or a positive number.")
+
+
+def run(args: QuickStartArguments) -> dict:
+    check_arguments(args)
     started = time.time()
     out = Path(args.output_dir)
     timings = {}
