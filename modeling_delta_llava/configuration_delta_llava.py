@@ -21,6 +21,7 @@ LAYOUT_DEFAULTS = {
         "ntb_head_dim": 32,
         "drop_path_rate": 0.1,
         "ffn_hidden_size": None,
+        "query_positions": None,
     },
     "shared_base": {
         "delta_rank": 64,
@@ -29,6 +30,7 @@ LAYOUT_DEFAULTS = {
         "ntb_head_dim": None,
         "drop_path_rate": None,
         "ffn_hidden_size": 4096,
+        "query_positions": "query_grid",
     },
 }
 # What each layout-specific field means, for the error raised when it is set for the other layout.
@@ -36,7 +38,12 @@ LAYOUT_ONLY_FIELDS = {
     "ntb_head_dim": ("official", "the head width of the authors' Next-ViT transformer block"),
     "drop_path_rate": ("official", "the stochastic depth of the authors' Next-ViT transformer block"),
     "ffn_hidden_size": ("shared_base", "the hidden width of the FFN refinement, which the official layout does not have"),
+    "query_positions": ("shared_base", "how the shared_base queries' positions are measured (the official layout resizes the patch grid's)"),
 }
+# "query_grid": the g x g query grid's own row/column indices (the code's first reading; a place in the image gets
+# another code at every budget). "image": the centre of each query's region in patch-grid units, the same code for the
+# same place at every budget.
+QUERY_POSITIONS = ("query_grid", "image")
 
 BOOLEAN_FIELDS = (
     "use_emhsa", "use_delta_projection", "use_transformer_block", "use_object_tokens", "use_global_token",
@@ -109,6 +116,9 @@ class DeltaLlavaConfig(PreTrainedConfig):
         window_size (`int`): side w of the query windows of the cross-attention (1 = point-to-region, the only
             value of the official layout).
         ffn_hidden_size (`int`): hidden width of the final FFN refinement (shared_base only; 4096 in the paper).
+        query_positions (`str`): shared_base only: `"query_grid"` (default) adds sine-cosine positions of the g x g
+            query grid's indices, so one place in the image has another code at every budget; `"image"` measures
+            each query at the centre of its region in patch-grid units, the same code at every budget.
         projector_head_dim (`int`): channels per head of the projector's cross-attention (official: 128;
             shared_base: 64, also its EMHSA/MHCA heads).
         spatial_reduction (`int`): key/value pooling ratio sr of the efficient self-attention, used when g >= 2*sr
@@ -150,6 +160,7 @@ class DeltaLlavaConfig(PreTrainedConfig):
     delta_rank: int | None = None
     window_size: int = 1
     ffn_hidden_size: int | None = None
+    query_positions: str | None = None
     projector_head_dim: int | None = None
     spatial_reduction: int | None = None
     ntb_head_dim: int | None = None
@@ -284,6 +295,10 @@ class DeltaLlavaConfig(PreTrainedConfig):
                     f"{field}={getattr(self, field)!r} is {meaning}; it applies to delta_layout={layout!r} only. "
                     f"Leave it unset with delta_layout={self.delta_layout!r}."
                 )
+        if self.delta_layout == "shared_base" and self.query_positions not in QUERY_POSITIONS:
+            raise ValueError(
+                f"query_positions={self.query_positions!r} is unknown. Allowed values: {list(QUERY_POSITIONS)}."
+            )
 
     def validate_official_layout(self) -> None:
         """The authors' module: point-to-region attention, full E-MHSA, a Next-ViT block whose widths must split."""

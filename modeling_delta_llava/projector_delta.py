@@ -57,6 +57,8 @@ class DeltaProjector(nn.Module):
         self.cross_attention = WindowedCrossAttention(width, width // head_dim, config.window_size)
         self.output_map = nn.Linear(width, config.text_config.hidden_size)
         self.refinement = FeedForward(config.text_config.hidden_size, config.ffn_hidden_size, act)
+        self.positions_in_image = config.query_positions == "image"
+        self.patch_grid_size = config.patch_grid_size
 
     def forward(self, patch_features: torch.Tensor, memory: torch.Tensor, query_side: int) -> torch.Tensor:
         """patch_features (B, G*G, C), memory (B, L, G*G, C) -> (B, query_side**2, D)."""
@@ -65,7 +67,9 @@ class DeltaProjector(nn.Module):
         queries = self.refine_conv(resize_tokens(patch_features, query_side))
         if self.refine_attention is not None:
             queries = self.refine_attention(queries)
-        queries = queries + sincos_position_embedding(query_side, queries.shape[-1], queries.device, queries.dtype)
+        queries = queries + sincos_position_embedding(
+            query_side, queries.shape[-1], queries.device, queries.dtype, cell_size=self.query_cell_size(query_side)
+        )
         (queries,) = self.delta_projection(queries, ["query"])
         if self.transformer_block is not None:
             queries = self.transformer_block(queries)
@@ -74,6 +78,10 @@ class DeltaProjector(nn.Module):
         key_regions, value_regions = self.project_memory_regions(memory, windows_per_side)
         tokens = self.cross_attention.attend(queries, key_regions, value_regions)
         return self.refinement(self.output_map(tokens))
+
+    def query_cell_size(self, query_side: int) -> float | None:
+        """Patches per query cell side when positions are measured in the image (None: the query grid's indices)."""
+        return self.patch_grid_size / query_side if self.positions_in_image else None
 
     def project_memory_regions(self, memory: torch.Tensor, windows_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
         """

@@ -40,14 +40,20 @@ def resize_tokens(tokens: torch.Tensor, side: int, mode: str = "area") -> torch.
     return grid_to_tokens(F.interpolate(tokens_to_grid(tokens), size=(side, side), mode=mode, align_corners=align))
 
 
-def sincos_position_embedding(side: int, width: int, device=None, dtype=None, columns_first: bool = False) -> torch.Tensor:
+def sincos_position_embedding(
+    side: int, width: int, device=None, dtype=None, columns_first: bool = False, cell_size: float | None = None
+) -> torch.Tensor:
     """
     Fixed 2-D sine-cosine positions for a side x side grid: (side*side, width), a quarter of the channels each for
-    sin/cos of the row and of the column index. `columns_first=True` puts the column's half first (the authors' table).
+    sin/cos of the row and of the column coordinate. The coordinate is the index, or with `cell_size` the centre of
+    the cell in those units, (index + 0.5) * cell_size. `columns_first=True` puts the column's half first (the
+    authors' table).
     """
     quarter = width // 4
     frequencies = 1.0 / (10000.0 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
     coordinates = torch.arange(side, device=device, dtype=torch.float32)
+    if cell_size is not None:
+        coordinates = (coordinates + 0.5) * cell_size
     rows, cols = torch.meshgrid(coordinates, coordinates, indexing="ij")
     angles_rows = rows.reshape(-1, 1) * frequencies
     angles_cols = cols.reshape(-1, 1) * frequencies

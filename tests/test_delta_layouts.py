@@ -126,3 +126,36 @@ def test_the_projector_keeps_its_call_in_both_layouts(layout):
     with torch.no_grad():
         for side in (24, 12, 6, 4, 1):
             assert projector(patches, memory, side).shape == (2, side * side, 48)
+
+
+def test_image_query_positions_give_one_place_the_same_code_at_every_budget():
+    from delta_llava.projector_layers import sincos_position_embedding
+
+    def code(side, row, column, cell_size):
+        return sincos_position_embedding(side, 32, cell_size=cell_size)[row * side + column]
+
+    # On a 12x12 patch grid the centre of the 1x1 grid is the centre of the 3x3 grid's middle cell (patch 6, 6), and
+    # the 2x2 grid's top-left cell is centred where the 6x6 grid's cell (1, 1) is (patch 3, 3).
+    assert torch.equal(code(1, 0, 0, 12.0), code(3, 1, 1, 4.0))
+    assert torch.equal(code(2, 0, 0, 6.0), code(6, 1, 1, 2.0))
+    assert not torch.equal(code(1, 0, 0, None), code(3, 1, 1, None))  # query-grid indices: (0, 0) vs (1, 1)
+
+
+def test_query_positions_change_the_output_but_not_the_weights():
+    torch.manual_seed(0)
+    grid = DeltaLlavaForConditionalGeneration(tiny_config(delta_layout="shared_base")).model.multi_modal_projector
+    image = DeltaLlavaForConditionalGeneration(tiny_config(delta_layout="shared_base", query_positions="image"))
+    image = image.model.multi_modal_projector
+    image.load_state_dict(grid.state_dict())  # strict: the same parameters
+    patches, memory = torch.randn(1, 576, 32), torch.randn(1, 2, 576, 32)
+    with torch.no_grad():
+        assert not torch.allclose(grid.eval()(patches, memory, 2), image.eval()(patches, memory, 2))
+
+
+def test_query_positions_default_and_bad_values(tmp_path):
+    assert tiny_config(delta_layout="shared_base").query_positions == "query_grid"
+    assert DeltaLlavaConfig.from_pretrained(LEGACY_CHECKPOINT).query_positions == "query_grid"
+    with pytest.raises(ValueError, match="query_positions='image' .* applies to delta_layout='shared_base' only"):
+        tiny_config(query_positions="image")
+    with pytest.raises(ValueError, match=r"query_positions='centre' is unknown. Allowed values: \['query_grid', 'image'\]"):
+        tiny_config(delta_layout="shared_base", query_positions="centre")

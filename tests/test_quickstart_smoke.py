@@ -119,19 +119,21 @@ def test_batches_built_in_a_worker_process_train_the_same_weights(tmp_path, tiny
 def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path, tiny_quickstart):
     from safetensors.torch import load_file
 
+    def phased(folder):
+        return [*tiny_arguments(folder), "--single_budget_steps", "1", "--query_positions", "image"]
+
     out = tmp_path / "phased"
-    arguments = [*tiny_arguments(out), "--single_budget_steps", "1", "--curve_every_steps", "2", "--curve_samples", "6"]
-    quickstart.main(arguments)
+    quickstart.main([*phased(out), "--curve_every_steps", "2", "--curve_samples", "6"])
     curves = json.loads((out / "learning_curves.json").read_text())
     assert [point["step"] for point in curves["points"]] == [1, 2, 3]  # end of phase 1, every 2 steps, the end
     assert all(list(point["budgets"]) == ["16", "4", "1"] for point in curves["points"])
     assert all(point["budgets"]["4"]["overall"]["num_samples"] == 6 for point in curves["points"])
     assert (out / "learning_curves.png").stat().st_size > 0
     first_phase = json.loads((out / "single_budget_checkpoint" / "config.json").read_text())
-    assert first_phase["num_visual_tokens"] == 4
+    assert first_phase["num_visual_tokens"] == 4 and first_phase["query_positions"] == "image"
 
     without_curves = tmp_path / "phased_without_curves"
-    quickstart.main([*tiny_arguments(without_curves), "--single_budget_steps", "1"])
+    quickstart.main(phased(without_curves))
     assert not (without_curves / "learning_curves.json").exists()
     weights = load_file(out / "checkpoint" / "model.safetensors")
     reference = load_file(without_curves / "checkpoint" / "model.safetensors")

@@ -36,6 +36,10 @@ class DeltaLlavaModelArguments:
     )
     window_size: int | None = field(default=None, metadata={"help": "Cross-attention window side w (default 1)."})
     ffn_hidden_size: int | None = field(default=None, metadata={"help": "FFN refinement width (shared_base; 4096)."})
+    query_positions: str | None = field(
+        default=None,
+        metadata={"help": "shared_base query positions: 'query_grid' (default) or 'image' (same code at every budget)."},
+    )
     projector_head_dim: int | None = field(
         default=None, metadata={"help": "Channels per cross-attention head (default 128 official, 64 shared_base)."}
     )

@@ -33,6 +33,7 @@ PROJECTOR_FIELDS = (
     "delta_rank",
     "window_size",
     "ffn_hidden_size",
+    "query_positions",
     "projector_head_dim",
     "ntb_head_dim",
     "drop_path_rate",

@@ -98,6 +98,10 @@ class QuickStartArguments:
     )
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    query_positions: str = field(
+        default="query_grid",
+        metadata={"help": "Delta query positions: 'query_grid' (each budget's own grid) or 'image' (same at every budget)."},
+    )
     train_budget: int = field(
         default=9, metadata={"help": "The checkpoint's default budget (9 = one token per scene cell); one of the trained."}
     )
@@ -193,6 +197,7 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         "vision_feature_layer": -1,
         "num_visual_tokens": args.train_budget,
         **small_projector(),
+        "query_positions": args.query_positions,
     }
     data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
     for index, (steps, budgets) in enumerate(phases):
