@@ -40,9 +40,7 @@ LAYOUT_ONLY_FIELDS = {
     "ffn_hidden_size": ("shared_base", "the hidden width of the FFN refinement, which the official layout does not have"),
     "query_positions": ("shared_base", "how the shared_base queries' positions are measured (the official layout resizes the patch grid's)"),
 }
-# "query_grid": the g x g query grid's own row/column indices (the code's first reading; a place in the image gets
-# another code at every budget). "image": the centre of each query's region in patch-grid units, the same code for the
-# same place at every budget.
+# Values of query_positions (see the DeltaLlavaConfig docstring).
 QUERY_POSITIONS = ("query_grid", "image")
 
 BOOLEAN_FIELDS = (
@@ -295,10 +293,6 @@ class DeltaLlavaConfig(PreTrainedConfig):
                     f"{field}={getattr(self, field)!r} is {meaning}; it applies to delta_layout={layout!r} only. "
                     f"Leave it unset with delta_layout={self.delta_layout!r}."
                 )
-        if self.delta_layout == "shared_base" and self.query_positions not in QUERY_POSITIONS:
-            raise ValueError(
-                f"query_positions={self.query_positions!r} is unknown. Allowed values: {list(QUERY_POSITIONS)}."
-            )
 
     def validate_official_layout(self) -> None:
         """The authors' module: point-to-region attention, full E-MHSA, a Next-ViT block whose widths must split."""
@@ -327,6 +321,10 @@ class DeltaLlavaConfig(PreTrainedConfig):
             )
 
     def validate_shared_base_layout(self) -> None:
+        if self.query_positions not in QUERY_POSITIONS:
+            raise ValueError(
+                f"query_positions={self.query_positions!r} is unknown. Allowed values: {list(QUERY_POSITIONS)}."
+            )
         vision_width = self.vision_config.hidden_size
         for field, width in (("vision_config.hidden_size", vision_width), ("projector_hidden_size", self.projector_hidden_size)):
             if width % self.projector_head_dim or width % 4:
