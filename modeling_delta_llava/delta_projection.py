@@ -61,13 +61,14 @@ class DeltaProjection(nn.Module):
 
     def project_rows(self, hidden_states: torch.Tensor, roles: Sequence[str]) -> list[torch.Tensor]:
         """(M, C) -> one (M, d) tensor per role; the shared base product is computed once and each role's update is
-        added inside its own matmul. The last role's matmul accumulates into the shared product itself, which saves
-        one (M, d) copy (the same numbers: both forms run the same matmul onto the same start)."""
+        added inside its own matmul."""
         if not self.use_delta:
             return [self.independent[role](hidden_states) for role in roles]
         shared = self.base(hidden_states)
-        *others, last = [(F.linear(hidden_states, self.updates[role].down), self.updates[role].up.T) for role in roles]
-        return [torch.addmm(shared, *factors) for factors in others] + [shared.addmm_(*last)]
+        return [
+            torch.addmm(shared, F.linear(hidden_states, self.updates[role].down), self.updates[role].up.T)
+            for role in roles
+        ]
 
 
 class NormalizedDeltaProjection(nn.Module):
