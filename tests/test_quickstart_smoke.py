@@ -107,6 +107,12 @@ def test_negative_counts_are_refused_before_anything_is_written(tmp_path, flag):
     assert not any(tmp_path.iterdir())
 
 
+def test_unknown_query_positions_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="--query_positions 'imag'.*Allowed values: \\['query_grid', 'image'\\]"):
+        quickstart.main([*tiny_arguments(tmp_path), "--query_positions", "imag"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_batches_built_in_a_worker_process_train_the_same_weights(tmp_path, tiny_quickstart):
     from safetensors.torch import load_file
 

@@ -30,6 +30,8 @@ from transformers import (
 )
 from trl import SFTConfig
 
+from delta_llava import DeltaLlavaConfig
+
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
 from .budget_report import learning_verdict, plot_accuracy_by_budget, print_accuracy_table, verdict_line
 from .evaluate_vqa import evaluate_budget, generate_answers, user_turn
@@ -236,6 +238,10 @@ def check_arguments(args: QuickStartArguments) -> None:
     for name in ("curve_every_steps", "dataloader_workers"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} {getattr(args, name)} is negative: give 0 (off) or a positive number.")
+    try:  # the projector settings, checked by the config that will carry them
+        DeltaLlavaConfig(**small_projector(), query_positions=args.query_positions)
+    except ValueError as error:
+        raise ValueError(f"--query_positions {args.query_positions!r}: {error}") from error
 
 
 def run(args: QuickStartArguments) -> dict:
