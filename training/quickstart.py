@@ -127,6 +127,11 @@ class QuickStartArguments:
     )
 
 
+def quick_start_projector(args: QuickStartArguments) -> dict:
+    """The projector fields the quick start's model is built with (checked up front, then used to build it)."""
+    return {**small_projector(), "query_positions": args.query_positions}
+
+
 def build_tokenizer(directory: Path, grid_size: int):
     tokenizer = build_word_level_tokenizer(word_vocabulary(grid_size))
     tokenizer.save_pretrained(directory)
@@ -198,8 +203,7 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         "language_model": str(out / "language_model"),
         "vision_feature_layer": -1,
         "num_visual_tokens": args.train_budget,
-        **small_projector(),
-        "query_positions": args.query_positions,
+        **quick_start_projector(args),
     }
     data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
     for index, (steps, budgets) in enumerate(phases):
@@ -239,7 +243,7 @@ def check_arguments(args: QuickStartArguments) -> None:
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} {getattr(args, name)} is negative: give 0 (off) or a positive number.")
     try:  # the projector settings, checked by the config that will carry them
-        DeltaLlavaConfig(**small_projector(), query_positions=args.query_positions)
+        DeltaLlavaConfig(**quick_start_projector(args))
     except ValueError as error:
         raise ValueError(f"--query_positions {args.query_positions!r}: {error}") from error
 
