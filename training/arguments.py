@@ -105,3 +105,7 @@ class DeltaLlavaDataArguments:
     dataset_split: str = field(default="train", metadata={"help": "Split to train on when the folder holds several."})
     on_bad_row: str = field(default="skip", metadata={"help": "LLaVA JSON rows that fail checks: skip or raise."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N samples only."})
+    length_grouped_batches: bool = field(
+        default=False,
+        metadata={"help": "Batches of conversations of similar length, in random order: less padding per step."},
+    )

@@ -121,6 +121,10 @@ class QuickStartArguments:
         default=1,
         metadata={"help": "CPU threads of torch (0: torch's default). The numbers depend on it: see the README."},
     )
+    length_grouped_batches: bool = field(
+        default=True,
+        metadata={"help": "Batches of questions of similar length, in random order (less padding). See the README."},
+    )
     dataloader_workers: int = field(
         default=1,
         metadata={"help": "Processes that build batches beside training (0: in the training process). Same batches."},
@@ -205,7 +209,9 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         "num_visual_tokens": args.train_budget,
         **quick_start_projector(args),
     }
-    data_args = DeltaLlavaDataArguments(dataset_path=str(out / "data" / "train"))
+    data_args = DeltaLlavaDataArguments(
+        dataset_path=str(out / "data" / "train"), length_grouped_batches=args.length_grouped_batches
+    )
     for index, (steps, budgets) in enumerate(phases):
         folder = checkpoint if index == len(phases) - 1 else out / "single_budget_checkpoint"
         model_args = DeltaLlavaModelArguments(

@@ -18,6 +18,7 @@ from trl import SFTConfig, TrlParser
 from .arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
 from .checkpoints import resolve_resume_checkpoint
 from .elastic_budget import ElasticBudgetCollator
+from .length_grouped_batches import conversation_length
 from .llava_json import convert_llava_json
 from .model_builder import (
     build_model_and_processor,
@@ -89,13 +90,17 @@ def train(
             model.config.check_num_visual_tokens(budget, field="elastic_budgets")
         collator = ElasticBudgetCollator(collator, processor, model_args.elastic_budgets, seed=training_args.seed)
 
+    train_dataset = load_training_data(data_args)
     trainer = DeltaLlavaSFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=load_training_data(data_args),
+        train_dataset=train_dataset,
         processing_class=processor,
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
+        batch_lengths=[conversation_length(m) for m in train_dataset["messages"]]
+        if data_args.length_grouped_batches
+        else None,
         callbacks=callbacks,
     )
     if model_args.cache_vision_features:

@@ -1,5 +1,5 @@
-"""TRL's SFTTrainer with two additions: the projector's own learning rate (LLaVA recipes use it) and whole
-checkpoints (a completion record written after every file of every process)."""
+"""TRL's SFTTrainer with three additions: the projector's own learning rate (LLaVA recipes use it), batches of similar
+length (optional) and whole checkpoints (a completion record written after every file of every process)."""
 
 import os
 
@@ -7,14 +7,31 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 from .checkpoints import mark_complete
+from .length_grouped_batches import ShuffledLengthGroupedSampler
 
 
 class DeltaLlavaSFTTrainer(SFTTrainer):
-    """`projector_learning_rate` (optional) moves the projector's parameters into their own optimizer group."""
+    """`projector_learning_rate` (optional) moves the projector's parameters into their own optimizer group;
+    `batch_lengths` (optional, one per training row) makes every batch rows of similar length, in random order."""
 
-    def __init__(self, *args, projector_learning_rate: float | None = None, **kwargs):
+    def __init__(
+        self, *args, projector_learning_rate: float | None = None, batch_lengths: list[int] | None = None, **kwargs
+    ):
         self.projector_learning_rate = projector_learning_rate
+        self.batch_lengths = batch_lengths
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.batch_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if len(self.batch_lengths) != len(dataset):
+            raise ValueError(
+                f"batch_lengths has {len(self.batch_lengths)} entries but the training set {len(dataset)} rows: "
+                "give one length per row."
+            )
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        return ShuffledLengthGroupedSampler(self.batch_lengths, self._train_batch_size, seed=seed)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
