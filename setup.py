@@ -43,6 +43,7 @@ setup(
         "jinja2",
         "tqdm",
         "matplotlib",
+        "xxhash",  # the vision-feature cache's image keys (datasets needs it too)
     ],
     extras_require={
         "quantization": ["bitsandbytes==0.50.2"],

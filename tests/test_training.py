@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from delta_llava.training.elastic_budget import batch_budget
+from delta_llava.training.length_grouped_batches import ShuffledLengthGroupedSampler
 from delta_llava.training.model_builder import build_model_and_processor, count_parameters, set_trainable_parts
 from delta_llava.training.train import train
 from isolated_python import run_without_project
@@ -114,16 +115,22 @@ def test_lora_takes_real_steps_and_lowers_the_loss(parts, tmp_path, merge):
             torch.testing.assert_close(reloaded.eval()(**batch).logits, trainer.model(**batch).logits)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path):
+@pytest.mark.parametrize("length_grouped", [False, True])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path, length_grouped):
     args = model_arguments(parts, elastic_budgets=[64, 16, 4, 1])
-    uninterrupted = train(args, data_arguments(parts), sft_config(tmp_path / "a", max_steps=6, save_strategy="no"))
-    first = train(args, data_arguments(parts), sft_config(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3))
+    data = data_arguments(parts, length_grouped_batches=length_grouped)  # 16 rows, batch 4: the run crosses into epoch 1
+    uninterrupted = train(args, data, sft_config(tmp_path / "a", max_steps=6, save_strategy="no"))
+    first = train(args, data, sft_config(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3))
     resumed = train(
-        args,
-        data_arguments(parts),
-        sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3")),
+        args, data, sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
     )
     assert resumed.state.global_step == 6
+    sampler = uninterrupted._get_train_sampler()
+    assert isinstance(sampler, ShuffledLengthGroupedSampler) == length_grouped
+    if length_grouped:
+        uninterrupted.batch_lengths = uninterrupted.batch_lengths[:-1]
+        with pytest.raises(ValueError, match="one length per row"):
+            uninterrupted._get_train_sampler()
     expected = uninterrupted.model.state_dict()
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], msg=name)

@@ -57,8 +57,8 @@ def model_arguments(parts: dict[str, str], **overrides) -> DeltaLlavaModelArgume
     return DeltaLlavaModelArguments(**settings)
 
 
-def data_arguments(parts: dict[str, str]) -> DeltaLlavaDataArguments:
-    return DeltaLlavaDataArguments(dataset_path=parts["dataset_path"])
+def data_arguments(parts: dict[str, str], **overrides) -> DeltaLlavaDataArguments:
+    return DeltaLlavaDataArguments(dataset_path=parts["dataset_path"], **overrides)
 
 
 def sft_config(output_dir: Path, **overrides) -> SFTConfig:

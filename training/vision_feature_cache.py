@@ -1,16 +1,17 @@
 """Memoise a frozen vision tower's hidden states per image, so small data trained for many epochs runs the tower once."""
 
-import hashlib
 from contextlib import contextmanager
 
 import torch
+import xxhash
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 
 def image_key(pixels: torch.Tensor) -> bytes:
-    """A content hash of one image's pixel values (3, H, W)."""
-    return hashlib.blake2b(pixels.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+    """A 128-bit content hash of one image's pixel values (3, H, W). xxh3, not blake2b: it hashes the 32 images of a
+    batch in ~0.3 ms instead of ~7 ms, and the cache needs no protection against crafted collisions."""
+    return xxhash.xxh3_128_digest(pixels.detach().float().cpu().contiguous().numpy())
 
 
 @contextmanager
