@@ -247,3 +247,26 @@ def test_qlora_trains_adapters_on_a_4bit_language_model(parts, tmp_path):
     assert isinstance(base.model.language_model.layers[0].self_attn.q_proj.base_layer, Linear4bit)
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_loss_per_answer_weighs_each_answer_as_one(parts, tmp_path):
+    from delta_llava.training.arguments import DeltaLlavaDataArguments
+    from delta_llava.training.synthetic_vqa import make_synthetic_vqa
+    from training_setup import IMAGE_SIZE
+
+    questions = make_synthetic_vqa(16, seed=0, image_size=IMAGE_SIZE, question_types=["attribute", "caption"])
+    questions.save_to_disk(str(tmp_path / "data"))  # one-word answers beside long captions
+    args = model_arguments(parts, loss_per_answer=True, drop_path_rate=0.0)
+    trainer = train(args, DeltaLlavaDataArguments(dataset_path=str(tmp_path / "data")), sft_config(tmp_path / "run", max_steps=2))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model.train()
+    loss = trainer.compute_loss(model, dict(batch))
+    with torch.no_grad():
+        logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    answer_lengths = (labels != -100).sum(dim=1)
+    assert answer_lengths.min() < answer_lengths.max()  # else both losses would agree
+    per_answer = [torch.nn.functional.cross_entropy(logits[row][labels[row] != -100], labels[row][labels[row] != -100]) for row in range(len(labels))]
+    torch.testing.assert_close(loss.detach(), torch.stack(per_answer).mean())
+    per_token = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    assert not torch.isclose(loss.detach(), per_token, rtol=1e-3)

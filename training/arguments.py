@@ -66,6 +66,10 @@ class DeltaLlavaModelArguments:
         default=False, metadata={"help": "Memoise the frozen tower's outputs per image (small data, many epochs)."}
     )
     projector_learning_rate: float | None = field(default=None, metadata={"help": "Own learning rate of the projector."})
+    loss_per_answer: bool = field(
+        default=False,
+        metadata={"help": "Average the loss per answer, then over answers (a one-word answer weighs as a caption)."},
+    )
     use_lora: bool = field(default=False, metadata={"help": "LoRA on the language model (finetune stage)."})
     use_qlora: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 language model + LoRA (needs a GPU)."})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank."})

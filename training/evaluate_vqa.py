@@ -23,19 +23,25 @@ def generate_answers(
     max_new_tokens: int = 24,
     desc: str = "generating",
     max_object_tokens: int | None = None,
+    batch_by_question: bool = False,
 ) -> list[str]:
     """
     Greedy answers for every row of an `images` + `messages` dataset, in order. With an `object_masks` column (per
     row, one mask stack per image) the images also get up to `max_object_tokens` object tokens (default: the
-    processor's).
+    processor's). `batch_by_question` batches rows sorted by their question's text (answers still come back in row
+    order): questions of a kind then share a batch, so a batch of short answers stops generating early instead of
+    waiting for a caption beside it.
     """
     model.eval()
-    answers = []
+    prompts_by_row = [user_turn(messages) for messages in dataset["messages"]]
+    order = list(range(len(dataset)))
+    if batch_by_question:
+        order.sort(key=lambda row: str(prompts_by_row[row]))
+    answers = [""] * len(dataset)
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
-        rows = dataset[start : start + batch_size]
-        prompts = [
-            processor.apply_chat_template(user_turn(messages), add_generation_prompt=True) for messages in rows["messages"]
-        ]
+        batch_rows = order[start : start + batch_size]
+        rows = dataset[batch_rows]
+        prompts = [processor.apply_chat_template(prompts_by_row[row], add_generation_prompt=True) for row in batch_rows]
         object_inputs = {}
         if "object_masks" in rows:
             masks = [[np.asarray(stack, dtype=np.uint8) for stack in stacks] for stacks in rows["object_masks"]]
@@ -56,12 +62,19 @@ def generate_answers(
             do_sample=False,
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        for row, text in zip(batch_rows, processor.batch_decode(new_tokens, skip_special_tokens=True)):
+            answers[row] = text.strip()
     return answers
 
 
 def evaluate_budget(
-    model, processor, dataset, num_visual_tokens: int, batch_size: int = 32, max_object_tokens: int | None = None
+    model,
+    processor,
+    dataset,
+    num_visual_tokens: int,
+    batch_size: int = 32,
+    max_object_tokens: int | None = None,
+    batch_by_question: bool = False,
 ) -> dict:
     """Per-type scores (see `score_predictions`) of greedy answers at one budget, plus the answers themselves."""
     predictions = generate_answers(
@@ -72,6 +85,7 @@ def evaluate_budget(
         batch_size,
         desc=f"evaluating at {num_visual_tokens} tokens",
         max_object_tokens=max_object_tokens,
+        batch_by_question=batch_by_question,
     )
     scores = score_predictions(predictions, list(dataset["answer"]), list(dataset["question_type"]))
     return {"scores": scores, "predictions": predictions}

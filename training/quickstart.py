@@ -121,9 +121,14 @@ class QuickStartArguments:
         default=1,
         metadata={"help": "CPU threads of torch (0: torch's default). The numbers depend on it: see the README."},
     )
+    loss_per_answer: bool = field(
+        default=False,
+        metadata={"help": "Loss averaged per answer, then over answers, instead of over all answer tokens (TRL's)."},
+    )
     length_grouped_batches: bool = field(
-        default=True,
-        metadata={"help": "Batches of questions of similar length, in random order (less padding). See the README."},
+        default=False,
+        metadata={"help": "Batches of questions of similar length, in random order: 18% cheaper steps, but it learned "
+                  "worse here (see the README)."},
     )
     dataloader_workers: int = field(
         default=1,
@@ -215,7 +220,11 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
     for index, (steps, budgets) in enumerate(phases):
         folder = checkpoint if index == len(phases) - 1 else out / "single_budget_checkpoint"
         model_args = DeltaLlavaModelArguments(
-            stage="finetune", elastic_budgets=budgets, cache_vision_features=True, **start
+            stage="finetune",
+            elastic_budgets=budgets,
+            cache_vision_features=True,
+            loss_per_answer=args.loss_per_answer,
+            **start,
         )
         training_args = small_training_config(
             str(folder),
@@ -291,7 +300,9 @@ def run(args: QuickStartArguments) -> dict:
     config = model.config
     with cached_vision_tower(model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
         for budget in args.eval_budgets:
-            results["budgets"][budget] = evaluate_budget(model, processor, test_set, budget)["scores"]
+            results["budgets"][budget] = evaluate_budget(model, processor, test_set, budget, batch_by_question=True)[
+                "scores"
+            ]
     lap("evaluation")
 
     print_accuracy_table(results, args.elastic_budgets)

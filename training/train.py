@@ -98,6 +98,7 @@ def train(
         processing_class=processor,
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
+        loss_per_answer=model_args.loss_per_answer,
         batch_lengths=[conversation_length(m) for m in train_dataset["messages"]]
         if data_args.length_grouped_batches
         else None,

@@ -1,5 +1,6 @@
-"""TRL's SFTTrainer with three additions: the projector's own learning rate (LLaVA recipes use it), batches of similar
-length (optional) and whole checkpoints (a completion record written after every file of every process)."""
+"""TRL's SFTTrainer with four additions: the projector's own learning rate (LLaVA recipes use it), batches of similar
+length (optional), a loss that weighs every answer equally (optional) and whole checkpoints (a completion record
+written after every file of every process)."""
 
 import os
 
@@ -12,14 +13,40 @@ from .length_grouped_batches import ShuffledLengthGroupedSampler
 
 class DeltaLlavaSFTTrainer(SFTTrainer):
     """`projector_learning_rate` (optional) moves the projector's parameters into their own optimizer group;
-    `batch_lengths` (optional, one per training row) makes every batch rows of similar length, in random order."""
+    `batch_lengths` (optional, one per training row) makes every batch rows of similar length, in random order;
+    `loss_per_answer` averages the loss over each answer's tokens first, then over the answers, so a one-word answer
+    weighs as much as a twenty-word caption (TRL's loss averages over all answer tokens of the batch)."""
 
     def __init__(
-        self, *args, projector_learning_rate: float | None = None, batch_lengths: list[int] | None = None, **kwargs
+        self,
+        *args,
+        projector_learning_rate: float | None = None,
+        batch_lengths: list[int] | None = None,
+        loss_per_answer: bool = False,
+        **kwargs,
     ):
         self.projector_learning_rate = projector_learning_rate
         self.batch_lengths = batch_lengths
+        self.loss_per_answer = loss_per_answer
         super().__init__(*args, **kwargs)
+        if loss_per_answer and (self.args.loss_type != "nll" or self.label_smoother or self.compute_loss_func):
+            raise ValueError(
+                "loss_per_answer replaces TRL's token-averaged negative log-likelihood: it does not combine with "
+                f"loss_type={self.args.loss_type!r}, label smoothing or compute_loss_func. Drop one of them."
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.loss_per_answer or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if return_outputs:
+            raise ValueError("loss_per_answer computes no logits to return: use it without compute_metrics.")
+        outputs = model(**inputs, use_cache=False, fused_lm_head=True)  # TRL's fused head: log-probs, no logits
+        answer_tokens = outputs.label_mask.sum(dim=1)  # (B,)
+        per_answer = -outputs.log_probs.sum(dim=1) / answer_tokens.clamp(min=1)  # (B,)
+        loss = per_answer.sum() / (answer_tokens > 0).sum().clamp(min=1)
+        # Trainer leaves the division by the accumulation steps to the loss when it hands over a token count
+        scaled_by_trainer = not (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+        return loss if scaled_by_trainer else loss / self.current_gradient_accumulation_steps
 
     def _get_train_sampler(self, train_dataset=None):
         if self.batch_lengths is None:
