@@ -60,7 +60,10 @@ def test_the_order_is_a_function_of_seed_and_epoch(lengths):
 
 def test_conversation_length_counts_words_of_text_parts():
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "is there a red circle ?"}, {"type": "image", "text": None}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "is there a red circle ?"}, {"type": "image", "text": None}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
     ]
     assert conversation_length(messages) == 7

@@ -118,7 +118,7 @@ def test_lora_takes_real_steps_and_lowers_the_loss(parts, tmp_path, merge):
 @pytest.mark.parametrize("length_grouped", [False, True])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(parts, tmp_path, length_grouped):
     args = model_arguments(parts, elastic_budgets=[64, 16, 4, 1])
-    data = data_arguments(parts, length_grouped_batches=length_grouped)  # 16 rows, batch 4: the run crosses into epoch 1
+    data = data_arguments(parts, length_grouped_batches=length_grouped)  # 16 rows, batch 4: crosses into epoch 1
     uninterrupted = train(args, data, sft_config(tmp_path / "a", max_steps=6, save_strategy="no"))
     first = train(args, data, sft_config(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3))
     resumed = train(
@@ -257,7 +257,8 @@ def test_loss_per_answer_weighs_each_answer_as_one(parts, tmp_path):
     questions = make_synthetic_vqa(16, seed=0, image_size=IMAGE_SIZE, question_types=["attribute", "caption"])
     questions.save_to_disk(str(tmp_path / "data"))  # one-word answers beside long captions
     args = model_arguments(parts, loss_per_answer=True, drop_path_rate=0.0)
-    trainer = train(args, DeltaLlavaDataArguments(dataset_path=str(tmp_path / "data")), sft_config(tmp_path / "run", max_steps=2))
+    data = DeltaLlavaDataArguments(dataset_path=str(tmp_path / "data"))
+    trainer = train(args, data, sft_config(tmp_path / "run", max_steps=2))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     model = trainer.model.train()
     loss = trainer.compute_loss(model, dict(batch))
@@ -266,7 +267,10 @@ def test_loss_per_answer_weighs_each_answer_as_one(parts, tmp_path):
     labels = batch["labels"][:, 1:]
     answer_lengths = (labels != -100).sum(dim=1)
     assert answer_lengths.min() < answer_lengths.max()  # else both losses would agree
-    per_answer = [torch.nn.functional.cross_entropy(logits[row][labels[row] != -100], labels[row][labels[row] != -100]) for row in range(len(labels))]
-    torch.testing.assert_close(loss.detach(), torch.stack(per_answer).mean())
+    answer_losses = [
+        torch.nn.functional.cross_entropy(row_logits[row_labels != -100], row_labels[row_labels != -100])
+        for row_logits, row_labels in zip(logits, labels)
+    ]
+    torch.testing.assert_close(loss.detach(), torch.stack(answer_losses).mean())
     per_token = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
     assert not torch.isclose(loss.detach(), per_token, rtol=1e-3)
