@@ -6,12 +6,14 @@ import PIL.Image
 import pytest
 import torch
 
+from delta_llava.training.arguments import DeltaLlavaDataArguments
 from delta_llava.training.elastic_budget import batch_budget
 from delta_llava.training.length_grouped_batches import ShuffledLengthGroupedSampler
 from delta_llava.training.model_builder import build_model_and_processor, count_parameters, set_trainable_parts
+from delta_llava.training.synthetic_vqa import make_synthetic_vqa
 from delta_llava.training.train import train
 from isolated_python import run_without_project
-from training_setup import data_arguments, model_arguments, sft_config, write_tiny_parts
+from training_setup import IMAGE_SIZE, data_arguments, model_arguments, sft_config, write_tiny_parts
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +252,6 @@ def test_qlora_trains_adapters_on_a_4bit_language_model(parts, tmp_path):
 
 
 def test_loss_per_answer_weighs_each_answer_as_one(parts, tmp_path):
-    from delta_llava.training.arguments import DeltaLlavaDataArguments
-    from delta_llava.training.synthetic_vqa import make_synthetic_vqa
-    from training_setup import IMAGE_SIZE
-
     questions = make_synthetic_vqa(16, seed=0, image_size=IMAGE_SIZE, question_types=["attribute", "caption"])
     questions.save_to_disk(str(tmp_path / "data"))  # one-word answers beside long captions
     args = model_arguments(parts, loss_per_answer=True, drop_path_rate=0.0)
