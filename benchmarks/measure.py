@@ -1,6 +1,7 @@
 """Shared measuring tools of the benchmarks: FLOP counts on the meta device, paper-size configs, result files."""
 
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -54,9 +55,19 @@ def paper_config(variant: str = "delta official", num_visual_tokens: int = 144, 
     )
 
 
+def in_place_product_flops(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """FLOPs of `addmm_` / `baddbmm_`: 2 * (batch) * m * k * n, as torch counts their out-of-place forms."""
+    return 2 * math.prod(a_shape) * b_shape[-1]
+
+
+# torch's FlopCounterMode registers addmm and baddbmm but not their in-place forms, which the projectors use.
+IN_PLACE_PRODUCTS = {torch.ops.aten.addmm_: in_place_product_flops, torch.ops.aten.baddbmm_: in_place_product_flops}
+
+
 def count_flops(function, *args, **kwargs) -> int:
-    """Total FLOPs (multiply-add = 2) that torch's FlopCounterMode sees while `function` runs; works on meta tensors."""
-    with FlopCounterMode(display=False) as counter:
+    """Total FLOPs (multiply-add = 2) that torch's FlopCounterMode sees while `function` runs, in-place matrix
+    products included; works on meta tensors."""
+    with FlopCounterMode(display=False, custom_mapping=IN_PLACE_PRODUCTS) as counter:
         function(*args, **kwargs)
     return counter.get_total_flops()
 

@@ -15,9 +15,11 @@ repeat (the two runs are seconds apart, under the same load) and reported as med
   fixed number of new tokens (min_new_tokens = max_new_tokens, greedy), from timestamps a logits processor takes at
   every generated token;
 - projector forward time of every projector variant (both delta layouts and the baselines) at the same budgets, on
-  the same random tower features, beside its FLOPs in this same setup (FlopCounterMode on the meta device): the
-  time ratio vs the MLP at 576 over the FLOPs ratio says how efficiently this CPU runs the projector's FLOPs
-  compared with the MLP's (1.0 = equally well);
+  the same random tower features, with 1 and with 8 images per call (`--projector-batches`), beside its FLOPs in
+  this same setup (FlopCounterMode on the meta device): the time ratio vs the MLP at 576 (same images per call) over
+  the FLOPs ratio says how efficiently this CPU runs the projector's FLOPs compared with the MLP's (1.0 = equally
+  well). One image per call is time to first token; several are training micro-batches and batched inference, where
+  the few-row products of small budgets stop being weight-bound;
 - training samples/s with real optimizer steps in a plain loop (forward with labels, backward, AdamW.step), stage 1
   (projector trains, tower and LLM frozen) and stage 2 (projector + LLM + lm_head), batch of one sample;
 - peak memory: for the first (untimed, warm-up) run of every configuration, the resident set's high-water mark above
@@ -25,7 +27,7 @@ repeat (the two runs are seconds apart, under the same load) and reported as med
   VmHWM), i.e. the activations, KV cache, gradients and Adam states that run adds on top of the loaded weights.
 
 torch runs with a fixed thread count (default 1: on 2 cores shared with other jobs, 2 threads were several times
-slower). Writes benchmarks/results/speed_cpu.json and speed_cpu.png.
+slower), and malloc keeps freed memory for reuse (`keep_freed_memory`; `--glibc-default-allocator` turns it off). Writes benchmarks/results/speed_cpu.json and speed_cpu.png.
 """
 
 import argparse
@@ -127,6 +129,22 @@ class PeakMemory:
         if self._start is not None:
             self.extra_mib = (self._status_kib("VmHWM") - self._start) / 1024
         return False
+
+
+def keep_freed_memory() -> bool:
+    """
+    Has glibc's malloc keep freed memory for reuse, as jemalloc and tcmalloc (the allocators PyTorch's CPU tuning
+    guide recommends) do: no mmap for large blocks (M_MMAP_MAX = 0) and no trimming of the heap (M_TRIM_THRESHOLD at
+    its maximum). With glibc's defaults a large tensor is a fresh mapping every time and its first write page-faults,
+    measured here at ~2.6 ms per 9.4 MB; that time lands on whichever op first writes the tensor. Returns whether
+    both settings took (False without glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 # ---------------------------------------------------------------- models and inputs
@@ -318,14 +336,12 @@ def measure_inference(models: dict, budgets: list[int], text_tokens: int, new_to
 
 
 def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: list[int], repeats: int,
-                       models: dict | None = None) -> list[dict]:
-    """Every projector variant at each budget (the MLP at the full grid), on the same random tower features, with
-    its FLOPs in the same setup."""
+                       models: dict | None = None, batch_sizes: tuple[int, ...] = (1,)) -> list[dict]:
+    """Every projector variant at each budget (the MLP at the full grid) with B images per call for each B in
+    `batch_sizes`, on the same random tower features, with its FLOPs per image in the same setup. Ratios are taken
+    against the MLP at 576 with the same B."""
     reference = make_config("delta official")
     grid, width = reference.patch_grid_size, reference.vision_config.hidden_size
-    generator = torch.Generator().manual_seed(0)
-    features = torch.randn(1, grid * grid, width, generator=generator)
-    memory = torch.randn(1, len(reference.memory_layers), grid * grid, width, generator=generator)
     projectors = {}
     for variant in PROJECTOR_VARIANTS:
         if models and variant in models:
@@ -333,26 +349,32 @@ def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: 
         else:
             torch.manual_seed(0)
             projectors[variant] = build_projector(make_config(variant)).eval()
-    configs = [BASELINE] + [(v, b) for b in budgets for v in PROJECTOR_VARIANTS if v != "mlp2x_gelu"]
     reads_memory = {v for v, (projector_type, _) in PROJECTOR_VARIANTS.items() if projector_type in PROJECTORS_READING_MEMORY}
-    tasks = {
-        f"{variant}@{budget}": projector_task(
-            projectors[variant], features, memory if variant in reads_memory else None,
-            reference.check_num_visual_tokens(budget),
-        )
-        for variant, budget in configs
-    }
-    results = round_robin(tasks, repeats, warmup=False)
-    rows = [
-        {"variant": variant, "num_visual_tokens": budget, "parameters": parameter_count(projectors[variant]),
-         "flops": projector_cost(make_config(variant), budget)[0],
-         "runs": results[name]["runs"], "forward_s": median_of(results[name]["runs"], "forward_s")}
-        for (variant, budget), name in zip(configs, tasks)
-    ]
-    for row in rows:  # > 1: slower than the MLP at 576
-        row["time_vs_mlp_576"] = paired_ratio(row["runs"], rows[0]["runs"], "forward_s", higher_is_faster=True)
-        row["flops_vs_mlp_576"] = row["flops"] / rows[0]["flops"]
-        row["time_over_flops_ratio"] = row["time_vs_mlp_576"]["median"] / row["flops_vs_mlp_576"]
+    configs = [BASELINE] + [(v, b) for b in budgets for v in PROJECTOR_VARIANTS if v != "mlp2x_gelu"]
+    rows = []
+    for batch in batch_sizes:
+        generator = torch.Generator().manual_seed(0)
+        features = torch.randn(batch, grid * grid, width, generator=generator)
+        memory = torch.randn(batch, len(reference.memory_layers), grid * grid, width, generator=generator)
+        tasks = {
+            f"{variant}@{budget}": projector_task(
+                projectors[variant], features, memory if variant in reads_memory else None,
+                reference.check_num_visual_tokens(budget),
+            )
+            for variant, budget in configs
+        }
+        results = round_robin(tasks, repeats, warmup=False)
+        batch_rows = [
+            {"variant": variant, "num_visual_tokens": budget, "images_per_call": batch,
+             "parameters": parameter_count(projectors[variant]), "flops": projector_cost(make_config(variant), budget)[0],
+             "runs": results[name]["runs"], "forward_s": median_of(results[name]["runs"], "forward_s")}
+            for (variant, budget), name in zip(configs, tasks)
+        ]
+        for row in batch_rows:  # > 1: slower than the MLP at 576
+            row["time_vs_mlp_576"] = paired_ratio(row["runs"], batch_rows[0]["runs"], "forward_s", higher_is_faster=True)
+            row["flops_vs_mlp_576"] = row["flops"] / batch_rows[0]["flops"]
+            row["time_over_flops_ratio"] = row["time_vs_mlp_576"]["median"] / row["flops_vs_mlp_576"]
+        rows += batch_rows
     return rows
 
 
@@ -398,19 +420,22 @@ def print_report(inference: list[dict], projectors: list[dict], training: list[d
           fmt(PAPER_DECODE_TOKENS_PER_S.get(r["num_visual_tokens"]) if r["variant"] == "mlp2x_gelu"
               or r["num_visual_tokens"] != 576 else None), fmt(r["peak_extra_mib"], 0)] for r in inference],
     )
-    print("\nProjector forward, one image (medians); FLOPs in this same setup; time ratio / FLOPs ratio: 1.0 = the "
-          "projector's FLOPs run as fast as the MLP's")
+    print("\nProjector forward, B images per call (medians); GFLOPs per image, in this same setup; ratios vs the MLP "
+          "at 576 with the same B; time ratio / FLOPs ratio: 1.0 = the projector's FLOPs run as fast as the MLP's")
     print_table(
-        ["projector", "V", "params (M)", "GFLOPs", "ms", "time vs mlp@576", "FLOPs vs mlp@576", "time/FLOPs ratio"],
-        [[r["variant"], r["num_visual_tokens"], fmt(r["parameters"] / 1e6), fmt(r["flops"] / 1e9),
+        ["projector", "V", "B", "params (M)", "GFLOPs", "ms", "time vs mlp@576", "FLOPs vs mlp@576", "time/FLOPs ratio"],
+        [[r["variant"], r["num_visual_tokens"], r["images_per_call"], fmt(r["parameters"] / 1e6), fmt(r["flops"] / 1e9),
           fmt(1e3 * r["forward_s"], 1), fmt_ratio(r["time_vs_mlp_576"]), fmt(r["flops_vs_mlp_576"]),
           fmt(r["time_over_flops_ratio"])] for r in projectors],
     )
     for variant in DELTA_VARIANTS:
-        ratios = [r["time_over_flops_ratio"] for r in projectors if r["variant"] == variant]
-        if ratios:
-            verdict = "within" if max(ratios) <= EFFICIENCY_BAR else "NOT within"
-            print(f"{variant}: time ratio / FLOPs ratio {min(ratios):.2f}-{max(ratios):.2f}, {verdict} {EFFICIENCY_BAR}x")
+        for batch in sorted({r["images_per_call"] for r in projectors}):
+            ratios = [r["time_over_flops_ratio"] for r in projectors
+                      if r["variant"] == variant and r["images_per_call"] == batch]
+            if ratios:
+                verdict = "within" if max(ratios) <= EFFICIENCY_BAR else "NOT within"
+                print(f"{variant}, {batch} image(s) per call: time ratio / FLOPs ratio {min(ratios):.2f}-"
+                      f"{max(ratios):.2f}, {verdict} {EFFICIENCY_BAR}x")
     print("\nTraining (medians; speedup = samples/s vs mlp2x_gelu@576, same stage and repeat; paper = table 4 epoch times)")
     print_table(
         ["stage", "projector", "V", "samples/s", "speedup", "paper speedup", "peak +MiB"],
@@ -460,8 +485,16 @@ def plot(inference: list[dict], projectors: list[dict], training: list[dict], pa
     names = {"mlp2x_gelu": "mlp", "delta official": "official", "delta shared_base": "shared", "tokenpacker": "tp", "avgpool": "pool"}
     colours = {"mlp2x_gelu": "#4c72b0", "tokenpacker": "#55a868", "avgpool": "#8172b3"}
     colours.update({variant: colour for variant, (colour, _) in VARIANT_STYLE.items()})
-    labels = [f"{names[r['variant']]}\n@{r['num_visual_tokens']}" for r in projectors]
-    ax.bar(labels, [r["time_over_flops_ratio"] for r in projectors], color=[colours[r["variant"]] for r in projectors])
+    configs = list(dict.fromkeys((r["variant"], r["num_visual_tokens"]) for r in projectors))
+    batch_sizes = sorted({r["images_per_call"] for r in projectors})
+    width = 0.8 / len(batch_sizes)
+    for index, (batch, hatch) in enumerate(zip(batch_sizes, ("", "//", "..", "xx"))):
+        rows = {(r["variant"], r["num_visual_tokens"]): r for r in projectors if r["images_per_call"] == batch}
+        ax.bar([i + (index - (len(batch_sizes) - 1) / 2) * width for i in range(len(configs))],
+               [rows[config]["time_over_flops_ratio"] for config in configs], width,
+               color=[colours[variant] for variant, _ in configs], hatch=hatch, edgecolor="white",
+               label=f"{batch} image(s) per call")
+    ax.set_xticks(range(len(configs)), [f"{names[variant]}\n@{budget}" for variant, budget in configs])
     ax.axhline(1.0, color="gray", lw=1, ls="--")
     ax.axhline(EFFICIENCY_BAR, color="black", lw=1, ls=":", label=f"bar for the delta layouts ({EFFICIENCY_BAR}x)")
     ax.set_ylabel("time ratio / FLOPs ratio, both vs MLP @ 576")
@@ -506,29 +539,37 @@ def main() -> None:
     parser.add_argument("--projector-repeats", type=int, default=7)
     parser.add_argument("--budgets", type=int, nargs="+", default=PAPER_BUDGETS)
     parser.add_argument("--projector-budgets", type=int, nargs="+", default=[144, 16])
+    parser.add_argument("--projector-batches", type=int, nargs="+", default=[1, 8],
+                        help="images per projector call; each is measured with the MLP at the same count")
     parser.add_argument("--train-budgets", type=int, nargs="+", default=[144, 16, 1])
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=30)
     parser.add_argument("--train-batch", type=int, default=1)
+    parser.add_argument("--glibc-default-allocator", action="store_true",
+                        help="leave malloc as glibc sets it (freed memory returned to the OS; see keep_freed_memory)")
     parser.add_argument("--no-json", action="store_true", help="print only; do not overwrite the results files")
     args = parser.parse_args()
 
+    freed_memory_kept = not args.glibc_default_allocator and keep_freed_memory()
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
     models = {variant: build_model(speed_config(variant)).eval() for variant in MODEL_VARIANTS}
     delta = models["delta official"]
     inference = measure_inference(models, args.budgets, args.text_tokens, args.new_tokens, args.repeats)
-    projectors = measure_projectors(speed_config, args.projector_budgets, args.projector_repeats, models)
+    projectors = measure_projectors(speed_config, args.projector_budgets, args.projector_repeats, models,
+                                    args.projector_batches)
     training = measure_training(models, args.train_budgets, [1, 2], args.text_tokens, args.train_batch,
                                 args.train_repeats)
     print_report(inference, projectors, training)
     wall = time.perf_counter() - started
     print(f"\n{torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs, load average {load_before[0]:.1f} -> "
-          f"{os.getloadavg()[0]:.1f}, wall {wall:.0f} s")
+          f"{os.getloadavg()[0]:.1f}, wall {wall:.0f} s, freed memory kept by malloc: {freed_memory_kept}")
     if args.no_json:
         return
     setup = {
         "torch_threads": torch.get_num_threads(),
+        "malloc": "freed memory kept (glibc M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)" if freed_memory_kept
+        else "glibc defaults",
         "cpu_count": os.cpu_count(),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "wall_s": wall,

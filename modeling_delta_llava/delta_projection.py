@@ -70,6 +70,35 @@ class DeltaProjection(nn.Module):
             for role in roles
         ]
 
+    def project_levels(
+        self, hidden_states: torch.Tensor, key_roles: Sequence[str], value_roles: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        hidden_states (L, M, C), the rows of L memory levels -> keys, values (L, M, d): level l's rows through
+        `key_roles[l]` and `value_roles[l]`. The shared base is one product over every level, the updates are batched
+        over the levels, and the values' updates are added in place to the base product (no copy of it).
+        """
+        if not self.use_delta:
+            return tuple(
+                torch.baddbmm(
+                    torch.stack([self.independent[role].bias for role in roles]).unsqueeze(1),
+                    hidden_states,
+                    torch.stack([self.independent[role].weight for role in roles]).transpose(1, 2),
+                )
+                for roles in (key_roles, value_roles)
+            )
+        shared = self.base(hidden_states)
+        pairs = zip(key_roles, value_roles)
+        downs = torch.stack([torch.cat([self.updates[k].down, self.updates[v].down]) for k, v in pairs])  # (L, 2r, C)
+        low_rank = torch.bmm(hidden_states, downs.transpose(1, 2))  # (L, M, 2r): keys' factors, then values'
+        rank = downs.shape[1] // 2
+
+        def ups(roles: Sequence[str]) -> torch.Tensor:  # (L, r, d)
+            return torch.stack([self.updates[role].up for role in roles]).transpose(1, 2)
+
+        keys = torch.baddbmm(shared, low_rank[..., :rank], ups(key_roles))
+        return keys, shared.baddbmm_(low_rank[..., rank:], ups(value_roles))
+
 
 class NormalizedDeltaProjection(nn.Module):
     """

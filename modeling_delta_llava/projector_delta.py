@@ -1,7 +1,5 @@
 """The Delta-LLaVA projector: base-then-specialize alignment of the patch grid into g*g LLM tokens (section 4)."""
 
-import math
-
 import torch
 from torch import nn
 
@@ -15,7 +13,7 @@ from .projector_layers import (
     resize_tokens,
     sincos_position_embedding,
 )
-from .windowed_cross_attention import WindowedCrossAttention, effective_window
+from .windowed_cross_attention import WindowedCrossAttention, order_by_window_position
 
 
 class DeltaProjector(nn.Module):
@@ -74,33 +72,24 @@ class DeltaProjector(nn.Module):
         if self.transformer_block is not None:
             queries = self.transformer_block(queries)
 
-        windows_per_side = query_side // effective_window(query_side, self.cross_attention.window_size)
-        key_regions, value_regions = self.project_memory_regions(memory, windows_per_side)
-        tokens = self.cross_attention.attend(queries, key_regions, value_regions)
+        keys, values = self.project_memory(memory, self.cross_attention.windows_per_side(query_side))
+        tokens = self.cross_attention.attend(queries, keys, values)
         return self.refinement(self.output_map(tokens))
 
     def query_cell_size(self, query_side: int) -> float | None:
         """Patches per query cell side when positions are measured in the image (None: the query grid's indices)."""
         return self.patch_grid_size / query_side if self.positions_in_image else None
 
-    def project_memory_regions(self, memory: torch.Tensor, windows_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_memory(self, memory: torch.Tensor, windows_per_side: int) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        memory (B, L, G*G, C) -> keys, values (B * n^2, L*R*R, d) with n = windows_per_side and R = G/n: level l
-        reads its own key/value roles, and each level's result is written straight into the region each query window
-        attends to (`partition_memory_regions` order), so the keys and values are gathered once, not stacked first.
+        memory (B, L, G*G, C) -> keys, values (L*R*R, B*n*n, d) in window-position order (n = windows_per_side,
+        R = G/n): level l through its own key and value roles.
         """
-        batch, levels, tokens, _ = memory.shape
-        region = math.isqrt(tokens) // windows_per_side
-        shape = (batch, windows_per_side, windows_per_side, levels, region, region, self.output_map.in_features)
-        key_regions, value_regions = memory.new_empty(shape), memory.new_empty(shape)
-        normed = self.memory_norm(memory)
-        for level, roles in enumerate(self.memory_roles):
-            projected = self.delta_projection.project_rows(normed[:, level].flatten(0, 1), roles)
-            for regions, rows in zip((key_regions, value_regions), projected):  # rows: (B*G*G, d), row-major grid
-                grid = rows.view(batch, windows_per_side, region, windows_per_side, region, -1)
-                regions[:, :, :, level] = grid.permute(0, 1, 3, 2, 4, 5)
-        flat = (batch * windows_per_side**2, levels * region * region, shape[-1])
-        return key_regions.view(flat), value_regions.view(flat)
+        rows = order_by_window_position(self.memory_norm(memory), windows_per_side)  # (L*R*R, B*n*n, C)
+        key_roles, value_roles = zip(*self.memory_roles)
+        by_level = rows.view(len(key_roles), -1, rows.shape[-1])
+        keys, values = self.delta_projection.project_levels(by_level, key_roles, value_roles)
+        return keys.view(*rows.shape[:2], -1), values.view(*rows.shape[:2], -1)
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """Object or global tokens (B, K, C) -> (B, K, D) through their own Delta role, the output map and the FFN."""

@@ -15,7 +15,7 @@ from .configuration_delta_llava import DeltaLlavaConfig, ntb_channel_split
 from .delta_projection import NormalizedDeltaProjection
 from .next_vit_block import NextViTTransformerBlock
 from .projector_layers import merge_heads, resize_tokens, sincos_position_embedding, split_heads
-from .windowed_cross_attention import partition_memory_regions
+from .windowed_cross_attention import order_by_window_position, window_heads
 
 
 class PointToRegionAttention(nn.Module):
@@ -33,17 +33,14 @@ class PointToRegionAttention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """queries (B, g*g, d); keys, values (B, G*G, d) -> (B, g*g, d)."""
+        """queries (B, g*g, d); keys, values (s*s, B*g*g, d), the patches under each query in window-position order
+        (`order_by_window_position`) -> (B, g*g, d)."""
         batch, num_queries, width = queries.shape
-        side, grid = math.isqrt(num_queries), math.isqrt(keys.shape[1])
-        region_shape = (batch, 1, grid, grid, width)
-        key_regions = partition_memory_regions(self.key(keys).reshape(region_shape), side)  # (B*g*g, s*s, d)
-        value_regions = partition_memory_regions(self.value(values).reshape(region_shape), side)
         point_queries = self.query(queries).reshape(batch * num_queries, 1, width)
         attended = F.scaled_dot_product_attention(
             split_heads(point_queries, self.num_heads),
-            split_heads(key_regions, self.num_heads),
-            split_heads(value_regions, self.num_heads),
+            window_heads(self.key(keys), self.num_heads),
+            window_heads(self.value(values), self.num_heads),
         )
         return self.out(merge_heads(attended).reshape(batch, num_queries, width))
 
@@ -102,7 +99,7 @@ class OfficialDeltaProjector(nn.Module):
         if self.query_block is not None:
             queries = self.query_block(queries)
         queries = queries + self.query_positions(math.isqrt(patch_features.shape[1]), query_side, queries)
-        stacked = memory.permute(0, 2, 1, 3).flatten(2)  # (B, G*G, L*C), level-major channels
+        stacked = order_by_window_position(memory, query_side, levels_as_channels=True)  # (s*s, B*g*g, L*C)
         tokens = self.cross_attention(
             self.query_projection(queries), self.key_projection(stacked), self.value_projection(stacked)
         )

@@ -1,4 +1,9 @@
-"""Windowed cross-attention from the query grid to the multi-level memory (paper eq. 7-10)."""
+"""Windowed cross-attention from the query grid to the multi-level memory (paper eq. 7-10).
+
+Memory rows travel in window-position order, (L*R*R, B*n*n, X): row (l, a) holds position a of the R x R region under
+each of the B*n*n query windows, at level l. Putting the narrow vision features in this order once, before they are
+projected, makes every projection come out already grouped by window, so the wide keys and values are never gathered.
+"""
 
 import math
 
@@ -22,13 +27,26 @@ def partition_query_windows(queries: torch.Tensor, window: int) -> torch.Tensor:
     return windows.reshape(batch * count * count, window * window, width)
 
 
-def partition_memory_regions(memory: torch.Tensor, windows_per_side: int) -> torch.Tensor:
-    """(B, L, G, G, d) -> (B * n^2, L*R*R, d) with n = windows_per_side and R = G/n: every level under each window."""
-    batch, levels, grid, _, width = memory.shape
-    region = grid // windows_per_side
-    regions = memory.view(batch, levels, windows_per_side, region, windows_per_side, region, width)
-    regions = regions.permute(0, 2, 4, 1, 3, 5, 6)
-    return regions.reshape(batch * windows_per_side**2, levels * region * region, width)
+def order_by_window_position(
+    memory: torch.Tensor, windows_per_side: int, levels_as_channels: bool = False
+) -> torch.Tensor:
+    """
+    memory (B, L, G*G, X) -> (L*R*R, B*n*n, X) in window-position order, contiguous; n = windows_per_side, R = G/n.
+    With `levels_as_channels`: (R*R, B*n*n, L*X), each position's levels concatenated along channels.
+    """
+    batch, levels, tokens, width = memory.shape
+    region = math.isqrt(tokens) // windows_per_side
+    grid = memory.view(batch, levels, windows_per_side, region, windows_per_side, region, width)
+    windows = batch * windows_per_side**2
+    if levels_as_channels:
+        return grid.permute(3, 5, 0, 2, 4, 1, 6).reshape(region * region, windows, levels * width).contiguous()
+    return grid.permute(1, 3, 5, 0, 2, 4, 6).reshape(levels * region * region, windows, width).contiguous()
+
+
+def window_heads(memory_rows: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(S, B*n*n, H*D) in window-position order -> (B*n*n, H, S, D), a view: the S rows each window attends to."""
+    length, windows, width = memory_rows.shape
+    return memory_rows.view(length, windows, num_heads, width // num_heads).permute(1, 2, 0, 3)
 
 
 def unpartition_query_windows(windows: torch.Tensor, batch: int, side: int, window: int) -> torch.Tensor:
@@ -57,26 +75,23 @@ class WindowedCrossAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """queries (B, g*g, d); keys, values (B, L, G*G, d) -> (B, g*g, d)."""
-        batch, num_queries, width = queries.shape
-        side = math.isqrt(num_queries)
-        windows_per_side = side // effective_window(side, self.window_size)
-        grid = math.isqrt(keys.shape[2])
-        memory_shape = (batch, keys.shape[1], grid, grid, width)
-        key_regions = partition_memory_regions(keys.reshape(memory_shape), windows_per_side)
-        value_regions = partition_memory_regions(values.reshape(memory_shape), windows_per_side)
-        return self.attend(queries, key_regions, value_regions)
+        count = self.windows_per_side(math.isqrt(queries.shape[1]))
+        return self.attend(queries, order_by_window_position(keys, count), order_by_window_position(values, count))
 
-    def attend(self, queries: torch.Tensor, key_regions: torch.Tensor, value_regions: torch.Tensor) -> torch.Tensor:
-        """queries (B, g*g, d); key/value regions (B * (g/w)^2, L*R*R, d), the memory under each query window in
-        `partition_memory_regions` order -> (B, g*g, d)."""
+    def windows_per_side(self, query_side: int) -> int:
+        """n: query windows along each side of the g x g grid."""
+        return query_side // effective_window(query_side, self.window_size)
+
+    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """queries (B, g*g, d); keys, values (L*R*R, B * n^2, d) in window-position order -> (B, g*g, d)."""
         batch, num_queries, width = queries.shape
         side = math.isqrt(num_queries)
         window = effective_window(side, self.window_size)
         query_windows = partition_query_windows(self.query_norm(queries).view(batch, side, side, width), window)
         attended = F.scaled_dot_product_attention(
             split_heads(query_windows, self.num_heads),
-            split_heads(key_regions, self.num_heads),
-            split_heads(value_regions, self.num_heads),
+            window_heads(keys, self.num_heads),
+            window_heads(values, self.num_heads),
         )
         attended = unpartition_query_windows(merge_heads(attended), batch, side, window)
         return queries + self.out(attended.reshape(batch, num_queries, width))

@@ -1,6 +1,8 @@
 """The benchmark scripts' core functions on tiny configs: result structure and FLOP counts that behave."""
 
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from transformers import DynamicCache
 from conftest import tiny_config, tiny_projector_sizes, tiny_text_config, tiny_vision_config
 from delta_llava import DeltaLlavaForConditionalGeneration
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 import flops_real_size  # noqa: E402
 import speed_cpu  # noqa: E402
 from measure import count_flops  # noqa: E402
@@ -95,6 +98,32 @@ def test_flops_plot_is_written(flop_rows, tmp_path):
     assert (tmp_path / "flops.png").stat().st_size > 0
 
 
+def test_kept_freed_memory_is_reused_without_page_faults():
+    """With glibc's defaults a 64 MB tensor freed and made again is a fresh mapping that page-faults on its first
+    write every time; after `keep_freed_memory` it reuses the heap. (The fewest faults of five makes are compared:
+    a VM's memory reclaimer may take back idle heap pages in between.) Run in a child so the test process keeps its
+    allocator."""
+    child = textwrap.dedent(f"""
+        import resource, sys, torch
+        sys.path.insert(0, {str(BENCHMARKS)!r})
+        import speed_cpu
+        kept = sys.argv[1] == "kept" and speed_cpu.keep_freed_memory()
+        def faults_of_one_tensor():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(16 * 2**20)  # 64 MB, written, then freed
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults_of_one_tensor()
+        print(kept, min(faults_of_one_tensor() for _ in range(5)))
+    """)
+    results = {}
+    for mode in ("default", "kept"):
+        output = subprocess.run([sys.executable, "-c", child, mode], capture_output=True, text=True, check=True).stdout
+        kept, faults = output.split()
+        results[mode] = (kept == "True", int(faults))
+    assert results["default"][0] is False and results["kept"][0] is True
+    assert results["kept"][1] * 10 < results["default"][1]  # default: 16,384 pages of 4 KiB (fewer with huge pages)
+
+
 def test_round_robin_rotates_and_repeats():
     order = []
     tasks = {name: (lambda name=name: order.append(name) or {"x": 1}) for name in "abc"}
@@ -131,14 +160,15 @@ def test_speed_sections_on_a_tiny_model(tmp_path, one_thread):
         assert row["ttft_s"] > 0 and row["decode_tokens_per_s"] > 0 and len(row["runs"]) == 1
         assert row["peak_extra_mib"] is None or row["peak_extra_mib"] >= 0
 
-    projectors = speed_cpu.measure_projectors(small_speed_config, [16], repeats=1, models=models)
-    assert [r["variant"] for r in projectors] == [
-        "mlp2x_gelu", "delta official", "delta shared_base", "tokenpacker", "avgpool"
-    ]
-    assert projectors[0]["time_vs_mlp_576"] == one and all(r["forward_s"] > 0 for r in projectors)
-    assert projectors[0]["flops_vs_mlp_576"] == 1.0 and projectors[0]["time_over_flops_ratio"] == 1.0
+    projectors = speed_cpu.measure_projectors(small_speed_config, [16], repeats=1, models=models, batch_sizes=(1, 2))
+    variants = ["mlp2x_gelu", "delta official", "delta shared_base", "tokenpacker", "avgpool"]
+    assert [(r["variant"], r["images_per_call"]) for r in projectors] == [(v, b) for b in (1, 2) for v in variants]
+    for baseline in (projectors[0], projectors[5]):  # each batch size has its own MLP baseline
+        assert baseline["time_vs_mlp_576"] == one
+        assert baseline["flops_vs_mlp_576"] == 1.0 and baseline["time_over_flops_ratio"] == 1.0
+    assert all(r["forward_s"] > 0 for r in projectors)
     config = small_speed_config("delta official")
-    assert projectors[1]["flops"] == speed_cpu.projector_cost(config, 16)[0] > 0
+    assert projectors[1]["flops"] == projectors[6]["flops"] == speed_cpu.projector_cost(config, 16)[0] > 0
 
     training = speed_cpu.measure_training(models, [4], [1, 2], text_tokens=6, batch_size=2, repeats=1)
     assert [(r["stage"], r["num_visual_tokens"]) for r in training] == [(1, 576), (1, 4), (1, 4), (2, 576), (2, 4), (2, 4)]

@@ -10,6 +10,7 @@ from conftest import DELTA_LAYOUTS, tiny_config
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
 from delta_llava.projector_delta import DeltaProjector
 from delta_llava.projector_delta_official import OfficialDeltaProjector, PointToRegionAttention
+from delta_llava.windowed_cross_attention import order_by_window_position
 
 LEGACY_CHECKPOINT = Path(__file__).parent / "fixtures" / "shared_base_checkpoint_v0"
 
@@ -94,12 +95,16 @@ def test_official_delta_projection_adds_a_rank_limited_update_to_its_own_base():
 def test_point_to_region_attention_sees_only_the_patches_under_each_query():
     torch.manual_seed(0)
     attention = PointToRegionAttention(width=16, num_heads=2).eval()
-    queries, keys, values = torch.randn(1, 4, 16), torch.randn(1, 64, 16), torch.randn(1, 64, 16)
+    queries, keys, values = torch.randn(1, 4, 16), torch.randn(1, 1, 64, 16), torch.randn(1, 1, 64, 16)
+
+    def by_window(grid):  # (1, 1, 8*8, 16) -> (4*4, 2*2, 16)
+        return order_by_window_position(grid, windows_per_side=2)
+
     with torch.no_grad():
-        before = attention(queries, keys, values)
+        before = attention(queries, by_window(keys), by_window(values))
         changed = values.view(1, 8, 8, 16).clone()
         changed[0, :4, :4] += 5.0  # the top-left 4x4 region: under query 0 of the 2x2 grid only
-        after = attention(queries, keys, changed.view(1, 64, 16))
+        after = attention(queries, by_window(keys), by_window(changed.view(1, 1, 64, 16)))
     assert not torch.allclose(before[:, 0], after[:, 0])
     torch.testing.assert_close(before[:, 1:], after[:, 1:])
 
