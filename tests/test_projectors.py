@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_config
 from delta_llava import DeltaLlavaForConditionalGeneration
-from delta_llava.delta_projection import LowRankUpdate
+from delta_llava.delta_projection import DeltaProjection, LowRankUpdate
 from delta_llava.projector_delta import DeltaProjector
 from delta_llava.projector_layers import ZeroInitLinear, resize_tokens
 from delta_llava.windowed_cross_attention import WindowedCrossAttention, effective_window
@@ -125,6 +125,36 @@ def test_shared_base_is_one_tensor_and_fresh_deltas_are_zero():
         projection.base.weight.add_(1.0)
     shifted = projection(features, projection.roles)
     assert all(not torch.allclose(a, b) for a, b in zip(outputs, shifted))
+
+
+@pytest.mark.parametrize("use_delta", [True, False])
+def test_levels_batched_equal_each_role_alone(use_delta):
+    """`project_levels` (one base product over every level, batched updates, values updated in place) gives each
+    level's rows what its own key and value roles give them one at a time, and the same gradients."""
+    torch.manual_seed(0)
+    key_roles, value_roles = ["key_0", "key_1", "key_2"], ["value_0", "value_1", "value_2"]
+    projection = DeltaProjection(8, 12, rank=3, roles=[*key_roles, *value_roles], use_delta=use_delta)
+    with torch.no_grad():
+        for parameter in projection.parameters():
+            parameter.normal_()  # fresh updates start at zero; make every role different
+    rows = torch.randn(3, 5, 8)
+
+    def gradients(loss):
+        projection.zero_grad()
+        loss.backward()
+        return {name: parameter.grad.clone() for name, parameter in projection.named_parameters()}
+
+    keys, values = projection.project_levels(rows, key_roles, value_roles)
+    weights = torch.randn(2, 3, 5, 12)  # a loss that weighs every output element differently
+    batched = gradients((weights[0] * keys).sum() + (weights[1] * values).sum())
+    one_by_one = [projection(rows[level], [key_roles[level], value_roles[level]]) for level in range(3)]
+    torch.testing.assert_close(keys, torch.stack([key for key, _ in one_by_one]))
+    torch.testing.assert_close(values, torch.stack([value for _, value in one_by_one]))
+    reference = gradients(sum((weights[0, level] * key).sum() + (weights[1, level] * value).sum()
+                              for level, (key, value) in enumerate(one_by_one)))
+    assert batched.keys() == reference.keys()
+    for name in batched:
+        torch.testing.assert_close(batched[name], reference[name], msg=name)
 
 
 def test_updates_are_rank_limited():
