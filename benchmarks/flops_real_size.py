@@ -15,11 +15,13 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration
-from measure import AUTHORS_PROJECTOR_GFLOPS, PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, paper_config, print_table, write_results
+from measure import (
+    AUTHORS_PROJECTOR_GFLOPS, PAPER_BUDGETS, PROJECTOR_VARIANTS, RESULTS_DIR, flop_counter, paper_config, print_table,
+    write_results,
+)
 
 TEXT_TOKENS = 64
 NEW_TOKENS = 30
@@ -37,7 +39,7 @@ PAPER_TFLOPS = {
 
 def flops_by_root_module(function: Callable, *args, **kwargs) -> tuple[int, dict[str, int]]:
     """Total FLOPs and the FLOPs under each module `function` calls directly (keyed by class name)."""
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         function(*args, **kwargs)
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items() if "." not in name}
     return counter.get_total_flops(), per_module

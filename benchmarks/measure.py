@@ -64,10 +64,14 @@ def in_place_product_flops(self_shape, a_shape, b_shape, out_shape=None, **kwarg
 IN_PLACE_PRODUCTS = {torch.ops.aten.addmm_: in_place_product_flops, torch.ops.aten.baddbmm_: in_place_product_flops}
 
 
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode (multiply-add = 2), silent, counting in-place matrix products like their other forms."""
+    return FlopCounterMode(display=False, custom_mapping=IN_PLACE_PRODUCTS)
+
+
 def count_flops(function, *args, **kwargs) -> int:
-    """Total FLOPs (multiply-add = 2) that torch's FlopCounterMode sees while `function` runs, in-place matrix
-    products included; works on meta tensors."""
-    with FlopCounterMode(display=False, custom_mapping=IN_PLACE_PRODUCTS) as counter:
+    """Total FLOPs that `flop_counter` sees while `function` runs; works on meta tensors."""
+    with flop_counter() as counter:
         function(*args, **kwargs)
     return counter.get_total_flops()
 

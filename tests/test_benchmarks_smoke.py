@@ -98,6 +98,17 @@ def test_flops_plot_is_written(flop_rows, tmp_path):
     assert (tmp_path / "flops.png").stat().st_size > 0
 
 
+def test_in_place_matrix_products_are_counted_like_the_others():
+    """torch's FlopCounterMode alone counts addmm and baddbmm but not addmm_ / baddbmm_ (the shared_base projector's
+    values are updated in place)."""
+    with torch.device("meta"):
+        matrix, left, right = torch.empty(5, 7), torch.empty(5, 3), torch.empty(3, 7)
+        batch, batch_left, batch_right = torch.empty(2, 5, 7), torch.empty(2, 5, 3), torch.empty(2, 3, 7)
+        assert count_flops(lambda: matrix.addmm_(left, right)) == count_flops(torch.addmm, matrix, left, right) == 210
+        assert count_flops(lambda: batch.baddbmm_(batch_left, batch_right)) == 420
+        assert count_flops(torch.baddbmm, batch, batch_left, batch_right) == 420
+
+
 def test_kept_freed_memory_is_reused_without_page_faults():
     """With glibc's defaults a 64 MB tensor freed and made again is a fresh mapping that page-faults on its first
     write every time; after `keep_freed_memory` it reuses the heap. (The fewest faults of five makes are compared:
