@@ -27,7 +27,8 @@ repeat (the two runs are seconds apart, under the same load) and reported as med
   VmHWM), i.e. the activations, KV cache, gradients and Adam states that run adds on top of the loaded weights.
 
 torch runs with a fixed thread count (default 1: on 2 cores shared with other jobs, 2 threads were several times
-slower), and malloc keeps freed memory for reuse (`keep_freed_memory`; `--glibc-default-allocator` turns it off). Writes benchmarks/results/speed_cpu.json and speed_cpu.png.
+slower), and malloc keeps freed memory for reuse (`keep_freed_memory`; `--glibc-default-allocator` turns it off).
+Writes benchmarks/results/speed_cpu.json and speed_cpu.png.
 """
 
 import argparse
@@ -351,6 +352,7 @@ def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: 
             projectors[variant] = build_projector(make_config(variant)).eval()
     reads_memory = {v for v, (projector_type, _) in PROJECTOR_VARIANTS.items() if projector_type in PROJECTORS_READING_MEMORY}
     configs = [BASELINE] + [(v, b) for b in budgets for v in PROJECTOR_VARIANTS if v != "mlp2x_gelu"]
+    flops = {(variant, budget): projector_cost(make_config(variant), budget)[0] for variant, budget in configs}
     rows = []
     for batch in batch_sizes:
         generator = torch.Generator().manual_seed(0)
@@ -366,13 +368,14 @@ def measure_projectors(make_config: Callable[[str], DeltaLlavaConfig], budgets: 
         results = round_robin(tasks, repeats, warmup=False)
         batch_rows = [
             {"variant": variant, "num_visual_tokens": budget, "images_per_call": batch,
-             "parameters": parameter_count(projectors[variant]), "flops": projector_cost(make_config(variant), budget)[0],
+             "parameters": parameter_count(projectors[variant]), "flops": flops[variant, budget],
              "runs": results[name]["runs"], "forward_s": median_of(results[name]["runs"], "forward_s")}
             for (variant, budget), name in zip(configs, tasks)
         ]
+        baseline = batch_rows[0]
         for row in batch_rows:  # > 1: slower than the MLP at 576
-            row["time_vs_mlp_576"] = paired_ratio(row["runs"], batch_rows[0]["runs"], "forward_s", higher_is_faster=True)
-            row["flops_vs_mlp_576"] = row["flops"] / batch_rows[0]["flops"]
+            row["time_vs_mlp_576"] = paired_ratio(row["runs"], baseline["runs"], "forward_s", higher_is_faster=True)
+            row["flops_vs_mlp_576"] = row["flops"] / baseline["flops"]
             row["time_over_flops_ratio"] = row["time_vs_mlp_576"]["median"] / row["flops_vs_mlp_576"]
         rows += batch_rows
     return rows
@@ -423,7 +426,8 @@ def print_report(inference: list[dict], projectors: list[dict], training: list[d
     print("\nProjector forward, B images per call (medians); GFLOPs per image, in this same setup; ratios vs the MLP "
           "at 576 with the same B; time ratio / FLOPs ratio: 1.0 = the projector's FLOPs run as fast as the MLP's")
     print_table(
-        ["projector", "V", "B", "params (M)", "GFLOPs", "ms", "time vs mlp@576", "FLOPs vs mlp@576", "time/FLOPs ratio"],
+        ["projector", "V", "B", "params (M)", "GFLOPs", "ms", "time vs mlp@576", "FLOPs vs mlp@576",
+         "time/FLOPs ratio"],
         [[r["variant"], r["num_visual_tokens"], r["images_per_call"], fmt(r["parameters"] / 1e6), fmt(r["flops"] / 1e9),
           fmt(1e3 * r["forward_s"], 1), fmt_ratio(r["time_vs_mlp_576"]), fmt(r["flops_vs_mlp_576"]),
           fmt(r["time_over_flops_ratio"])] for r in projectors],
@@ -459,6 +463,7 @@ def plot(inference: list[dict], projectors: list[dict], training: list[dict], pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
@@ -488,19 +493,22 @@ def plot(inference: list[dict], projectors: list[dict], training: list[dict], pa
     configs = list(dict.fromkeys((r["variant"], r["num_visual_tokens"]) for r in projectors))
     batch_sizes = sorted({r["images_per_call"] for r in projectors})
     width = 0.8 / len(batch_sizes)
+    batch_keys = []  # legend entries: one grey patch per images-per-call hatch
     for index, (batch, hatch) in enumerate(zip(batch_sizes, ("", "//", "..", "xx"))):
         rows = {(r["variant"], r["num_visual_tokens"]): r for r in projectors if r["images_per_call"] == batch}
         ax.bar([i + (index - (len(batch_sizes) - 1) / 2) * width for i in range(len(configs))],
                [rows[config]["time_over_flops_ratio"] for config in configs], width,
                color=[colours[variant] for variant, _ in configs], hatch=hatch, edgecolor="white")
-        ax.bar([0], [0], 0, color="#999999", hatch=hatch, edgecolor="white", label=f"{batch} image(s) per call")
+        label = f"{batch} image(s) per call"
+        batch_keys.append(Patch(facecolor="#999999", hatch=hatch, edgecolor="white", label=label))
     ax.set_xticks(range(len(configs)), [f"{names[variant]}\n@{budget}" for variant, budget in configs])
     ax.axhline(1.0, color="gray", lw=1, ls="--")
-    ax.axhline(EFFICIENCY_BAR, color="black", lw=1, ls=":", label=f"bar for the delta layouts ({EFFICIENCY_BAR}x)")
+    bar = ax.axhline(EFFICIENCY_BAR, color="black", lw=1, ls=":",
+                     label=f"bar for the delta layouts ({EFFICIENCY_BAR}x)")
     ax.set_ylabel("time ratio / FLOPs ratio, both vs MLP @ 576")
     ax.set_title("Projector forward: time per FLOP relative to the MLP")
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(handles=[bar, *batch_keys], fontsize=7)
 
     ax = axes[2]
     for variant, (colour, name) in VARIANT_STYLE.items():
