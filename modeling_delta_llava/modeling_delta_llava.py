@@ -13,7 +13,7 @@ from transformers.utils import TransformersKwargs, torch_compilable_check
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
-from .delta_projection import LowRankUpdate
+from .delta_projection import BaseWeight, LowRankUpdate
 from .input_checks import check_input_ids, check_max_object_tokens, check_object_masks, check_pixel_values
 from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
 from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
@@ -96,7 +96,9 @@ class DeltaLlavaPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
             return
         super()._init_weights(module)
-        if isinstance(module, LowRankUpdate) and module.starts_at_zero:
+        if isinstance(module, BaseWeight):  # as transformers initialises a Linear's weight
+            init.normal_(module.weight, mean=0.0, std=getattr(self.config.get_text_config(), "initializer_range", 0.02))
+        elif isinstance(module, LowRankUpdate) and module.starts_at_zero:
             init.normal_(module.down, std=module.down.shape[1] ** -0.5)
             init.zeros_(module.up)  # a fresh role starts exactly at the shared base
         elif isinstance(module, LowRankUpdate):  # the authors' init: both factors Xavier-uniform
@@ -141,20 +143,29 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        visual_token_budget: int | torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """
         pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w)] -> the tower's output with `pooler_output` set to one
-        (n_i, hidden_size) tensor per image, n_i = [1 global token] + num_visual_tokens + [min(valid masks of image i,
-        max_object_tokens) object tokens]. `hidden_states` (always computed: the projector reads several layers) and,
-        with `output_attentions`, the tower's `attentions` come with it, as transformers' Llava returns them.
+        (n_i, hidden_size) tensor per image, n_i = [1 global token] + V_i + [min(valid masks of image i,
+        max_object_tokens) object tokens]. V_i is `num_visual_tokens` for every image, or the processor's per-image
+        `visual_token_budget` (I,) — a serving engine batches images of requests with different budgets into one call.
+        The tower's `hidden_states` hold only the layers the projector reads (the others `None`) unless
+        `output_hidden_states` asks for all; `attentions` come with `output_attentions` (argument or config).
         """
         config = self.config
-        num_visual_tokens = config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
-        query_side = config.check_num_visual_tokens(num_visual_tokens)
         check_pixel_values(pixel_values, config.vision_config.image_size)
+        budgets = self.reconcile_budgets(num_visual_tokens, visual_token_budget, pixel_values.shape[0])
+        query_sides = [config.check_num_visual_tokens(budget) for budget in budgets]
+        if output_attentions is None:
+            output_attentions = config.output_attentions or config.vision_config.output_attentions
         tower_outputs = self.vision_tower(
-            pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
+            pixel_values,
+            output_hidden_states=output_hidden_states or self.hidden_states_read(),
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         hidden_states = tower_outputs.hidden_states
         num_patches = config.patch_grid_size**2
@@ -163,18 +174,14 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         memory = None
         if config.projector_type in PROJECTORS_READING_MEMORY:
             memory = torch.stack([hidden_states[layer][:, -num_patches:] for layer in config.memory_layers], dim=1)
-        per_image = [self.multi_modal_projector(patch_features, memory, query_side)]
+        features = self.project_patches(patch_features, memory, query_sides)
 
         reference_norm = patch_features.norm(dim=-1).mean(dim=1)  # (I,): Mask-LLaVA's norm scaling target
         if config.use_global_token:
             has_cls = selected.shape[1] == num_patches + 1
             global_feature = selected[:, :1] if has_cls else patch_features.mean(dim=1, keepdim=True)
-            global_token = self.project_extra_tokens(
-                scale_to_norm(global_feature, reference_norm), "global"
-            )
-            per_image.insert(0, global_token)
-        tokens = torch.cat(per_image, dim=1)
-        features = list(tokens)
+            global_tokens = self.project_extra_tokens(scale_to_norm(global_feature, reference_norm), "global")
+            features = [torch.cat([token, image]) for token, image in zip(global_tokens, features)]
 
         max_object_tokens = config.max_object_tokens if max_object_tokens is None else max_object_tokens
         check_max_object_tokens(max_object_tokens)
@@ -184,13 +191,39 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             object_masks = object_masks[:, : max(kept, default=0)]
             object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
             object_tokens = self.project_extra_tokens(object_features, "object")
-            features = [torch.cat([image, objects[:count]]) for image, objects, count in zip(tokens, object_tokens, kept)]
+            features = [torch.cat([image, objects[:count]]) for image, objects, count in zip(features, object_tokens, kept)]
         return BaseModelOutputWithPooling(
             last_hidden_state=tower_outputs.last_hidden_state,
             pooler_output=features,
             hidden_states=hidden_states,
             attentions=tower_outputs.attentions,
         )
+
+    def hidden_states_read(self) -> list[int]:
+        """Hidden-state indices of the tower that the projector reads: the patch features' and the memory levels'."""
+        config = self.config
+        layers = [config.vision_feature_layer]
+        if config.projector_type in PROJECTORS_READING_MEMORY:
+            layers += config.memory_layers
+        depth = config.vision_config.num_hidden_layers + 1
+        return sorted({layer % depth for layer in layers})
+
+    def project_patches(
+        self, patch_features: torch.Tensor, memory: torch.Tensor | None, query_sides: list[int]
+    ) -> list[torch.Tensor]:
+        """patch_features (I, N, C) [+ memory (I, L, N, C)] -> one (g_i*g_i, D) tensor per image: the images that share
+        a query side g are projected together, in one call of the projector."""
+        if len(set(query_sides)) == 1:
+            return list(self.multi_modal_projector(patch_features, memory, query_sides[0]))
+        features = [None] * len(query_sides)
+        for side in sorted(set(query_sides)):
+            indices = [index for index, image_side in enumerate(query_sides) if image_side == side]
+            rows = torch.tensor(indices, device=patch_features.device)
+            group_memory = None if memory is None else memory.index_select(0, rows)
+            projected = self.multi_modal_projector(patch_features.index_select(0, rows), group_memory, side)
+            for index, tokens in zip(indices, projected):
+                features[index] = tokens
+        return features
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """
@@ -232,18 +265,28 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             message += " Build inputs with the processor using the num_visual_tokens / max_object_tokens you pass to the model."
         return message
 
-    @staticmethod
-    def reconcile_budgets(num_visual_tokens: int | None, visual_token_budget: int | torch.Tensor | None) -> int | None:
-        """The budget to project to: the call's `num_visual_tokens`, else the one the processor wrote placeholders
-        for (`visual_token_budget` in its output); a call that asks for another budget than the processor's fails."""
+    def reconcile_budgets(
+        self, num_visual_tokens: int | None, visual_token_budget: int | torch.Tensor | None, num_images: int
+    ) -> list[int]:
+        """The budget of each image: the call's `num_visual_tokens`, else the one the processor wrote placeholders for
+        (`visual_token_budget` in its output: one int, or one per image), else the config's. A call that asks for
+        another budget than the processor's fails."""
         if visual_token_budget is None:
-            return num_visual_tokens
-        written = int(visual_token_budget)
-        if num_visual_tokens is not None and num_visual_tokens != written:
+            budget = self.config.num_visual_tokens if num_visual_tokens is None else num_visual_tokens
+            return [budget] * num_images
+        written = torch.as_tensor(visual_token_budget).flatten().tolist()
+        if len(written) == 1:
+            written = written * num_images
+        if len(written) != num_images:
             raise ValueError(
-                f"The processor wrote image placeholders for num_visual_tokens={written} but the model was called with "
-                f"num_visual_tokens={num_visual_tokens}. Pass the same budget to both (or drop it from the model call: "
-                "the model then uses the processor's)."
+                f"visual_token_budget holds {len(written)} budgets for {num_images} images: pass the processor's output "
+                "for these images unchanged (one budget per image)."
+            )
+        if num_visual_tokens is not None and any(budget != num_visual_tokens for budget in written):
+            raise ValueError(
+                f"The processor wrote image placeholders for num_visual_tokens={'/'.join(map(str, sorted(set(written))))} but the model was "
+                f"called with num_visual_tokens={num_visual_tokens}. Pass the same budget to both (or drop it from the "
+                "model call: the model then uses the processor's)."
             )
         return written
 
@@ -275,9 +318,13 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
 
         image_features = None
         if pixel_values is not None:
-            num_visual_tokens = self.reconcile_budgets(num_visual_tokens, visual_token_budget)
             image_outputs = self.get_image_features(
-                pixel_values, num_visual_tokens, object_masks, max_object_tokens, return_dict=True
+                pixel_values,
+                num_visual_tokens,
+                object_masks,
+                max_object_tokens,
+                visual_token_budget=visual_token_budget,
+                return_dict=True,
             )
             image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)

@@ -254,6 +254,7 @@ def convert_official_checkpoint(
         num_visual_tokens=model.config.num_visual_tokens,
         mask_size=patch_grid_size(model.config.vision_config),
         pad_to_square=official.get("image_aspect_ratio") == "pad",
+        allowed_visual_token_counts=model.config.allowed_visual_token_counts(),
     )
     return write_folder(model.eval(), processor, Path(output_dir))
 

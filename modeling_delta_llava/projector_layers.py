@@ -24,8 +24,8 @@ def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
-    """(B, C, g, g) -> (B, g*g, C)."""
-    return grid.flatten(2).transpose(1, 2)
+    """(B, C, g, g) -> (B, g*g, C), contiguous: vLLM's CPU linear kernels refuse a transposed view."""
+    return grid.flatten(2).transpose(1, 2).contiguous()
 
 
 def resize_tokens(tokens: torch.Tensor, side: int, mode: str = "area") -> torch.Tensor:

@@ -7,13 +7,15 @@ transformers and its sibling files by relative import.
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 
 from .image_inputs import ImageInput, pad_to_square, to_rgb_image
 from .object_mask_inputs import count_valid_masks, masks_to_model_input
 
 
 BUDGET_EXAMPLES = (576, 144, 64, 36, 16, 4, 1)
+# Output switches of transformers' ProcessingKwargs that this processor honours (serving engines ask for them).
+OUTPUT_FLAGS = ("return_text_replacement_offsets", "return_mm_token_type_ids")
 
 # LLaVA-1.5 conversation format: "<s>SYSTEM USER: <image>\nquestion ASSISTANT: answer</s>USER: ...". Content is a
 # string or a list of {"type": "image"} / {"type": "text", "text": ...} parts, joined by a space (an image
@@ -134,6 +136,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
         pad_to_square: pad every image (and its object masks) to a square with the image processor's mean colour
             before the image processor runs, as LLaVA-1.5's `image_aspect_ratio="pad"` (the authors' stage 2) does;
             otherwise the image processor's resize and centre crop cut the longer side.
+        allowed_visual_token_counts: the budgets the model can project to (`config.allowed_visual_token_counts()`);
+            another budget is refused here, before any model runs (a serving engine answers it with an HTTP 400).
+            `None` (processors saved before this field) only checks that a budget is a perfect square.
     """
 
     def __init__(
@@ -148,8 +153,12 @@ class DeltaLlavaProcessor(ProcessorMixin):
         image_token: str = "<image>",
         mask_size: int = 24,
         pad_to_square: bool = False,
+        allowed_visual_token_counts: list[int] | None = None,
     ):
-        self.num_visual_tokens = check_num_visual_tokens(num_visual_tokens)
+        self.allowed_visual_token_counts = (
+            None if allowed_visual_token_counts is None else [check_num_visual_tokens(n) for n in allowed_visual_token_counts]
+        )
+        self.num_visual_tokens = self.check_budget(num_visual_tokens)
         self.max_object_tokens = check_max_object_tokens(max_object_tokens)
         self.use_global_token = bool(use_global_token)
         self.use_object_tokens = bool(use_object_tokens)
@@ -209,7 +218,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
 
         Returns:
             `BatchFeature` with `input_ids` and `attention_mask` (batch, seq_len) when text is given,
-            `pixel_values` (num_images, 3, H, W) and `visual_token_budget` (the `num_visual_tokens` the placeholders
+            `pixel_values` (num_images, 3, H, W) and `visual_token_budget` (num_images,) (the `num_visual_tokens` the placeholders
             were written for; the model checks it against its own budget) when images are given, and `object_masks`
             (num_images, K_max, S, S) when object tokens are on and masks are given.
         """
@@ -227,7 +236,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
             num_visual_tokens = self.num_visual_tokens
         if max_object_tokens is None:
             max_object_tokens = self.max_object_tokens
-        num_visual_tokens = check_num_visual_tokens(num_visual_tokens)
+        num_visual_tokens = self.check_budget(num_visual_tokens)
         max_object_tokens = check_max_object_tokens(max_object_tokens)
 
         texts = self._text_batch(text)
@@ -252,6 +261,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
 
         call_kwargs = {"padding": padding, "truncation": truncation, "max_length": max_length}
         output_kwargs = self._merge_kwargs(
+            ProcessingKwargs,  # positional: transformers 5.19 requires it, later releases take it as the default
             tokenizer_init_kwargs=self.tokenizer.init_kwargs,
             **{key: value for key, value in call_kwargs.items() if value is not None},
             **kwargs,
@@ -264,11 +274,20 @@ class DeltaLlavaProcessor(ProcessorMixin):
             ]
         if texts is not None:
             data.update(self._tokenize(texts, tokens_per_image, output_kwargs))
-            if flat_images:  # the budget the placeholders were written for, so the model projects to the same count
-                data["visual_token_budget"] = num_visual_tokens
-        return BatchFeature(
-            data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets", "visual_token_budget"]
-        )
+            if flat_images:  # the budget the placeholders were written for, per image, so the model projects to it
+                data["visual_token_budget"] = [num_visual_tokens] * len(flat_images)
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+
+    def check_budget(self, num_visual_tokens: int) -> int:
+        """Refuse a budget the model cannot project to, naming the ones it can; return it otherwise."""
+        num_visual_tokens = check_num_visual_tokens(num_visual_tokens)
+        allowed = self.allowed_visual_token_counts
+        if allowed is not None and num_visual_tokens not in allowed:
+            raise ValueError(
+                f"num_visual_tokens={num_visual_tokens} is not a budget this model can project to. Allowed values: "
+                f"{allowed}."
+            )
+        return num_visual_tokens
 
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' `apply_chat_template`, refusing an empty conversation (or batch of them) up front: the base
@@ -286,7 +305,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         """
         if image_sizes is None:
             return MultiModalData()
-        budget = check_num_visual_tokens(kwargs.get("num_visual_tokens", self.num_visual_tokens))
+        budget = self.check_budget(kwargs.get("num_visual_tokens", self.num_visual_tokens))
         per_image = budget + int(self.use_global_token)
         return MultiModalData(num_image_tokens=[per_image] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
 
@@ -378,8 +397,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
     def _tokenize(self, texts: list[str], tokens_per_image: list[int], output_kwargs: dict) -> dict:
         """Expand the placeholders, tokenize, and check that no image token was truncated away."""
         text_kwargs = output_kwargs["text_kwargs"]
-        for key in ("return_tensors", "return_mm_token_type_ids", "return_text_replacement_offsets"):
-            text_kwargs.pop(key, None)
+        # transformers 5.19 leaves these flags among the text kwargs, later releases at the top level: read both
+        flags = {key: bool(text_kwargs.pop(key, None) or output_kwargs.get(key)) for key in OUTPUT_FLAGS}
+        text_kwargs.pop("return_tensors", None)
         text_kwargs.setdefault("padding", True)
         text_kwargs.setdefault("return_token_type_ids", False)
         bos_token = self.tokenizer.bos_token
@@ -392,9 +412,9 @@ class DeltaLlavaProcessor(ProcessorMixin):
         encoding = dict(self.tokenizer(expanded, **text_kwargs))
         self._check_image_tokens_kept(texts, expanded, encoding["input_ids"], text_kwargs)
 
-        if output_kwargs.get("return_text_replacement_offsets"):
+        if flags["return_text_replacement_offsets"]:
             encoding["text_replacement_offsets"] = replacement_offsets
-        if output_kwargs.get("return_mm_token_type_ids"):
+        if flags["return_mm_token_type_ids"]:
             encoding["mm_token_type_ids"] = self.create_mm_token_type_ids(encoding["input_ids"])
         return encoding
 

@@ -76,7 +76,7 @@ def test_official_ablation_switches_remove_exactly_their_part():
 def test_without_delta_each_official_role_is_its_plain_base_map():
     torch.manual_seed(0)
     projection = official_projector(use_delta_projection=False).key_projection
-    memory = torch.randn(2, 5, projection.base.in_features)
+    memory = torch.randn(2, 5, projection.base.weight.shape[1])
     expected = torch.nn.functional.layer_norm(
         torch.nn.functional.gelu(memory @ projection.base.weight.T), (32,), projection.norm.weight, projection.norm.bias, 1e-6
     )

@@ -8,6 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import transformers
+from packaging import version
 from transformers import AutoProcessor, AutoTokenizer, CLIPImageProcessor
 
 from delta_llava.processing import DeltaLlavaProcessor
@@ -243,6 +245,10 @@ def test_chat_template_renders_llava_1_5_format():
     assert plain == "<s>USER: describe it "
 
 
+@pytest.mark.skipif(
+    version.parse(transformers.__version__) < version.parse("5.20"),
+    reason="transformers 5.19's apply_chat_template reads images from the messages, not from processor_kwargs",
+)
 def test_chat_template_tokenized_with_images_and_assistant_mask():
     processor = make_processor()
     images = [image(), image((0, 0, 255))]
@@ -480,3 +486,18 @@ def test_serving_engines_get_the_image_token_count_per_image():
     with pytest.raises(ValueError, match="num_visual_tokens=10 is not a valid budget"):
         processor._get_num_multimodal_tokens(image_sizes=[(20, 12)], num_visual_tokens=10)
     assert "num_image_tokens" not in processor._get_num_multimodal_tokens()
+
+
+def test_a_processor_that_knows_the_models_budgets_refuses_the_others():
+    processor = DeltaLlavaProcessor(
+        CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}),
+        tokenizer(),
+        num_visual_tokens=16,
+        allowed_visual_token_counts=[576, 144, 64, 36, 16, 9, 4, 1],
+    )
+    image = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
+    assert processor(images=[image], text="<image> hi", num_visual_tokens=9)["visual_token_budget"].tolist() == [9]
+    with pytest.raises(ValueError, match=r"num_visual_tokens=25 is not a budget this model can project to\. Allowed values: \[576"):
+        processor(images=[image], text="<image> hi", num_visual_tokens=25)
+    with pytest.raises(ValueError, match="Allowed values"):
+        processor._get_num_multimodal_tokens(image_sizes=[(SIDE, SIDE)], num_visual_tokens=25)

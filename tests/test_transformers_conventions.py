@@ -88,6 +88,58 @@ def test_image_features_come_as_the_towers_output_with_pooler_output():
     torch.testing.assert_close(as_tuple[1][0], outputs.pooler_output[0])
 
 
+@pytest.mark.parametrize("projector_type", ["delta", "mlp2x_gelu", "tokenpacker", "avgpool"])
+def test_image_features_keep_only_the_hidden_states_the_projector_reads(projector_type):
+    model = make_model(projector_type=projector_type, num_visual_tokens=576 if projector_type == "mlp2x_gelu" else 16)
+    pixels = image_inputs()["pixel_values"]
+    with torch.no_grad():
+        kept = model.get_image_features(pixels)
+        every = model.get_image_features(pixels, output_hidden_states=True)
+    read = set(model.model.hidden_states_read())
+    depth = model.config.vision_config.num_hidden_layers + 1
+    assert read == {model.config.vision_feature_layer % depth} | (
+        {layer % depth for layer in model.config.memory_layers} if projector_type in ("delta", "tokenpacker") else set()
+    )
+    assert [index for index, state in enumerate(kept.hidden_states) if state is not None] == sorted(read)
+    assert all(state is not None for state in every.hidden_states) and len(every.hidden_states) == depth
+    for index in read:
+        torch.testing.assert_close(kept.hidden_states[index], every.hidden_states[index])
+    torch.testing.assert_close(kept.pooler_output[0], every.pooler_output[0])
+
+
+def test_output_attentions_set_on_the_config_returns_the_towers_attentions():
+    model = make_model()
+    model.set_attn_implementation("eager")
+    pixels = image_inputs()["pixel_values"]
+    with torch.no_grad():
+        assert model.get_image_features(pixels).attentions is None
+        model.config.output_attentions = True
+        from_config = model.get_image_features(pixels).attentions
+        model.config.output_attentions = False
+        model.config.vision_config.output_attentions = True
+        from_vision_config = model.get_image_features(pixels).attentions
+    assert len(from_config) == len(from_vision_config) == model.config.vision_config.num_hidden_layers
+    torch.testing.assert_close(from_config, from_vision_config)
+
+
+@pytest.mark.parametrize("layout", ["official", "shared_base"])
+def test_images_with_different_budgets_in_one_call_equal_each_image_alone(layout):
+    """A serving engine batches images of requests with different budgets: `visual_token_budget` has one per image."""
+    model = make_model(delta_layout=layout, use_global_token=True)
+    pixels = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    budgets = [16, 4, 16]
+    with torch.no_grad():
+        mixed = model.get_image_features(pixels, visual_token_budget=torch.tensor(budgets)).pooler_output
+        alone = [model.get_image_features(pixels[i : i + 1], num_visual_tokens=b).pooler_output[0] for i, b in enumerate(budgets)]
+    assert [tuple(tokens.shape) for tokens in mixed] == [(17, 48), (5, 48), (17, 48)]
+    for together, single in zip(mixed, alone):
+        torch.testing.assert_close(together, single)
+    with pytest.raises(ValueError, match="2 budgets for 3 images"):
+        model.get_image_features(pixels, visual_token_budget=torch.tensor([16, 4]))
+    with pytest.raises(ValueError, match="num_visual_tokens=25 is not possible"):
+        model.get_image_features(pixels[:1], visual_token_budget=torch.tensor([25]))
+
+
 def test_static_cache_generation_equals_the_dynamic_cache():
     model = make_model()
     inputs = image_inputs()
@@ -124,7 +176,7 @@ def test_the_processor_records_its_budget_and_the_model_checks_it():
     )
     model.config.image_token_id = processor.image_token_id
     inputs = processor(images=[torch.rand(3, 48, 48)], text="<image> what is it")
-    assert inputs["visual_token_budget"] == 4
+    assert inputs["visual_token_budget"].tolist() == [4]  # one budget per image, which serving engines slice
     with torch.no_grad():
         implicit = model(**inputs).logits  # the model projects to the processor's budget
         explicit = model(**inputs, num_visual_tokens=4).logits

@@ -62,6 +62,7 @@ def build_processor(image_processor, tokenizer, config: DeltaLlavaConfig) -> Del
         use_global_token=config.use_global_token,
         use_object_tokens=config.use_object_tokens,
         max_object_tokens=config.max_object_tokens,
+        allowed_visual_token_counts=config.allowed_visual_token_counts(),
     )
 
 
