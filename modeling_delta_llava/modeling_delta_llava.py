@@ -22,6 +22,13 @@ from .projector_delta_official import OfficialDeltaProjector
 from .projector_layers import ZeroInitLinear
 
 
+try:  # transformers 5.23 (tested): a list in output_hidden_states names the hidden-state indices to keep
+    from transformers.utils.output_capturing import resolve_hidden_states_indices  # noqa: F401
+
+    TOWER_KEEPS_SELECTED_HIDDEN_STATES = True
+except ImportError:  # transformers 5.19 (tested) reads such a list as layer numbers: keep them all instead
+    TOWER_KEEPS_SELECTED_HIDDEN_STATES = False
+
 if torch.distributed.is_available():
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 else:  # a torch build without distributed: nothing can be sharded
@@ -163,7 +170,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             output_attentions = config.output_attentions or config.vision_config.output_attentions
         tower_outputs = self.vision_tower(
             pixel_values,
-            output_hidden_states=output_hidden_states or self.hidden_states_read(),
+            output_hidden_states=output_hidden_states or self.hidden_states_read() or True,
             output_attentions=output_attentions,
             return_dict=True,
         )
@@ -200,7 +207,10 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         )
 
     def hidden_states_read(self) -> list[int]:
-        """Hidden-state indices of the tower that the projector reads: the patch features' and the memory levels'."""
+        """Hidden-state indices of the tower that the projector reads: the patch features' and the memory levels'
+        (empty where transformers cannot keep only those)."""
+        if not TOWER_KEEPS_SELECTED_HIDDEN_STATES:
+            return []
         config = self.config
         layers = [config.vision_feature_layer]
         if config.projector_type in PROJECTORS_READING_MEMORY:
