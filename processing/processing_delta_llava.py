@@ -300,9 +300,15 @@ class DeltaLlavaProcessor(ProcessorMixin):
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """
         Tokens each image costs in the text, for serving engines (vLLM's transformers backend calls this hook):
-        `image_sizes` is one (height, width) per image; `num_visual_tokens` / `max_object_tokens` may be passed as in
-        `__call__`. Object tokens depend on each image's masks, so they are not counted here (none without masks).
+        `image_sizes` is one (height, width) per image; `num_visual_tokens` may be passed as in `__call__`. Object
+        tokens depend on each image's masks, which this hook never sees: images served without masks get none, and
+        masks passed here are refused rather than miscounted.
         """
+        if kwargs.get("object_masks") is not None or kwargs.get("object_mask_extractor") is not None:
+            raise ValueError(
+                "Object tokens are not counted for serving engines: they depend on each image's masks. Serve the "
+                "checkpoint without object masks (images then get no object tokens), or use transformers' generate."
+            )
         if image_sizes is None:
             return MultiModalData()
         budget = self.check_budget(kwargs.get("num_visual_tokens", self.num_visual_tokens))

@@ -501,3 +501,15 @@ def test_a_processor_that_knows_the_models_budgets_refuses_the_others():
         processor(images=[image], text="<image> hi", num_visual_tokens=25)
     with pytest.raises(ValueError, match="Allowed values"):
         processor._get_num_multimodal_tokens(image_sizes=[(SIDE, SIDE)], num_visual_tokens=25)
+
+
+def test_serving_engines_cannot_count_object_tokens_so_masks_there_are_refused():
+    processor = DeltaLlavaProcessor(
+        CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}),
+        tokenizer(),
+        num_visual_tokens=4,
+        use_object_tokens=True,
+    )
+    assert processor._get_num_multimodal_tokens(image_sizes=[(SIDE, SIDE)])["num_image_tokens"] == [4]
+    with pytest.raises(ValueError, match="Object tokens are not counted for serving engines"):
+        processor._get_num_multimodal_tokens(image_sizes=[(SIDE, SIDE)], object_masks=np.ones((1, 2, SIDE, SIDE)))

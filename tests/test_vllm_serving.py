@@ -37,6 +37,8 @@ SERVED = {
     "mlp2x_gelu": {"projector_type": "mlp2x_gelu", "num_visual_tokens": 576},
     "tokenpacker": {"projector_type": "tokenpacker"},
     "avgpool": {"projector_type": "avgpool"},
+    # Served without object tokens: a request cannot bring masks (vLLM hashes mm_processor_kwargs), so none are added
+    "object_tokens": {"use_object_tokens": True, "max_object_tokens": 4},
 }
 
 
@@ -123,11 +125,13 @@ def test_offline_llm_answers_as_generate_at_every_budget(vllm_environment, serve
                 assert got["answer"] == want["answer"], f"{where}: greedy ids {got['answer']} != generate's {want['answer']}"
 
 
-def chat(client: openai.OpenAI, image: Path, question: str, budget: int | None) -> list[int]:
-    """One greedy chat completion with an inline image; the budget (if any) travels as mm_processor_kwargs."""
+def chat(client: openai.OpenAI, image: Path, question: str, budget: int | None, **processor_kwargs) -> list[int]:
+    """One greedy chat completion with an inline image; the budget (if any) travels in mm_processor_kwargs."""
     extra_body = {"return_token_ids": True}
     if budget is not None:
-        extra_body["mm_processor_kwargs"] = {"num_visual_tokens": budget}
+        processor_kwargs["num_visual_tokens"] = budget
+    if processor_kwargs:
+        extra_body["mm_processor_kwargs"] = processor_kwargs
     content = [
         {"type": "image_url", "image_url": {"url": image_data_url(PIL.Image.open(image).convert("RGB"))}},
         {"type": "text", "text": question},
@@ -161,6 +165,8 @@ def test_server_answers_concurrent_requests_at_their_own_budgets_and_refuses_imp
         default_budget = chat(client, images[0], QUESTIONS[0], None)  # the checkpoint's default, 16
         with pytest.raises(openai.BadRequestError, match=r"num_visual_tokens=25 is not a budget.*Allowed values"):
             chat(client, images[0], QUESTIONS[0], 25)
+        with pytest.raises(openai.APIStatusError, match="unhashable"):  # masks cannot travel in a request
+            chat(client, images[0], QUESTIONS[0], 16, object_masks=[[[[1.0, 0.0], [0.0, 1.0]]]])
         after_the_error = chat(client, images[1], QUESTIONS[1], 4)
     assert answers == [want["answer"] for want in expected]
     assert default_budget == expected[0]["answer"]
