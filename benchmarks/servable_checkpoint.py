@@ -37,13 +37,16 @@ def serving_text_config(hidden_size: int = 64, num_hidden_layers: int = 2, inter
     }
 
 
-def write_random_checkpoint(folder: str | Path, seed: int = 0, **config_fields) -> Path:
+def write_random_checkpoint(folder: str | Path, seed: int = 0, vocabulary_size: int | None = None, **config_fields) -> Path:
     """
-    Builds a word-level tokenizer, a `DeltaLlavaConfig(**config_fields)` whose vocabulary and `<image>` id follow it,
-    random weights from `seed`, and the processor (budgets the model allows, the tower's image size); saves all of
-    it with the remote code into `folder` and returns the folder.
+    Builds a word-level tokenizer (padded with filler words up to `vocabulary_size`, so that a benchmark's
+    lm_head has a real model's width and every id it generates decodes), a `DeltaLlavaConfig(**config_fields)` whose
+    vocabulary and `<image>` id follow it, random weights from `seed`, and the processor (budgets the model allows,
+    the tower's image size); saves all of it with the remote code into `folder` and returns the folder.
     """
     tokenizer = build_word_level_tokenizer(WORDS)
+    if vocabulary_size is not None and vocabulary_size > len(tokenizer):
+        tokenizer = build_word_level_tokenizer([*WORDS, *(f"w{index}" for index in range(vocabulary_size - len(tokenizer)))])
     text_config = {
         **config_fields.pop("text_config", serving_text_config()),
         "vocab_size": len(tokenizer),
