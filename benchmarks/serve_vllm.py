@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +45,13 @@ from speed_cpu import TEXT_CONFIG, VISION_CONFIG, TokenClock, fmt, fmt_ratio, pa
 from vllm_server import VllmServer, image_data_url
 
 QUESTION = "describe this image"
+# The engine's per-request timers (Prometheus histograms of vLLM's /metrics), read before and after each round.
+ENGINE_TIMERS = {
+    "ttft": "time_to_first_token_seconds",
+    "queue": "request_queue_time_seconds",
+    "prefill": "request_prefill_time_seconds",
+    "decode": "request_decode_time_seconds",
+}
 METRICS = {"ttft_s": False, "output_tokens_per_s": True, "requests_per_s": True}  # name -> higher is faster
 GENERATE_SPEEDUPS = {144: 2.23, 1: 3.72}  # speed_cpu.json: generate's time-to-first-token speedups, one request
 
@@ -74,8 +82,25 @@ class ImageStream:
         return random_images(self.count, seed=self.calls)
 
 
-def vllm_round(client: openai.OpenAI, model: str, budget: int, images: list, new_tokens: int) -> dict:
-    """All requests at once, streamed; per-request first-token times and the round's wall time."""
+def engine_seconds(server: VllmServer) -> dict[str, float]:
+    """Totals of the engine's own timers (its Prometheus /metrics): seconds summed over every request so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    totals = dict.fromkeys(ENGINE_TIMERS, 0.0)
+    for line in lines:
+        name = line.split("{")[0]
+        for timer, metric in ENGINE_TIMERS.items():
+            if name == f"vllm:{metric}_sum":
+                totals[timer] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def vllm_round(server: VllmServer, client: openai.OpenAI, budget: int, images: list, new_tokens: int) -> dict:
+    """All requests at once, streamed; per-request first-token times, the round's wall time, and the engine's own
+    per-request means (what the engine counts from a request's arrival in its queue, after the API server decoded
+    the image and ran the processor)."""
+    model = str(server.checkpoint)
+    before = engine_seconds(server)
 
     def one(image: PIL.Image.Image) -> tuple[float, int]:
         content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": QUESTION}]
@@ -102,11 +127,13 @@ def vllm_round(client: openai.OpenAI, model: str, budget: int, images: list, new
     tokens = sum(count for _, count in answers)
     if tokens != new_tokens * len(images):
         raise RuntimeError(f"vLLM streamed {tokens} tokens for {len(images)} requests of {new_tokens}")
+    after = engine_seconds(server)
     return {
         "ttft_s": statistics.mean(ttft for ttft, _ in answers),
         "output_tokens_per_s": tokens / wall,
         "requests_per_s": len(images) / wall,
         "wall_s": wall,
+        **{f"engine_{timer}_s": (after[timer] - before[timer]) / len(images) for timer in ENGINE_TIMERS},
     }
 
 
@@ -156,7 +183,7 @@ def measure(checkpoints: dict[str, Path], budgets: list[int], requests: int, new
         tasks = {}
         for name, budget in configs:
             tasks[("vllm", name, budget)] = lambda n=name, b=budget: vllm_round(
-                clients[n], str(checkpoints[n]), b, images.next(), new_tokens
+                servers[n], clients[n], b, images.next(), new_tokens
             )
             tasks[("generate", name, budget)] = lambda n=name, b=budget: generate_round(
                 *models[n], b, images.next(), new_tokens
@@ -179,8 +206,9 @@ def measure(checkpoints: dict[str, Path], budgets: list[int], requests: int, new
         key = (engine, name, budget)
         base = runs[(engine, "mlp2x_gelu", 576)]
         row = {"engine": engine, "projector": name, "num_visual_tokens": budget, "runs": runs[key]}
-        for metric, higher_is_faster in METRICS.items():
+        for metric in runs[key][0]:
             row[metric] = statistics.median(run[metric] for run in runs[key])
+        for metric, higher_is_faster in METRICS.items():
             row[f"{metric}_vs_mlp_576"] = paired_ratio(runs[key], base, metric, higher_is_faster)
         rows.append(row)
     for row in rows:  # vLLM over generate on the same configuration and round
@@ -201,6 +229,14 @@ def print_report(rows: list[dict]) -> None:
         [[r["engine"], r["projector"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt_ratio(r["ttft_s_vs_mlp_576"]),
           fmt(r["output_tokens_per_s"], 1), fmt_ratio(r["output_tokens_per_s_vs_mlp_576"]), fmt(r["requests_per_s"], 3),
           fmt_ratio(r["requests_per_s_vs_mlp_576"])] for r in rows],
+    )
+    print("\nWhere vLLM's time to first token goes (medians, s per request): the engine's own clock starts when the "
+          "request reaches its queue, after the API server decoded the image and ran the processor")
+    print_table(
+        ["projector", "V", "TTFT at client", "engine TTFT", "before the engine", "queue", "prefill", "decode"],
+        [[r["projector"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt(r["engine_ttft_s"], 3),
+          fmt(r["ttft_s"] - r["engine_ttft_s"], 3), fmt(r["engine_queue_s"], 3), fmt(r["engine_prefill_s"], 3),
+          fmt(r["engine_decode_s"], 3)] for r in rows if r["engine"] == "vllm"],
     )
     print("\nvLLM vs transformers' batched generate, same configuration and round (>1: vLLM faster)")
     print_table(
