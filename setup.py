@@ -66,6 +66,7 @@ setup(
             "delta-llava-quickstart=delta_llava.training.quickstart:main",
             "delta-llava-export=delta_llava.hub_cards.export:main",
             "delta-llava-convert-official=delta_llava.official_checkpoint:main",
+            "delta-llava-resave=delta_llava.hub_cards.resave:main",
         ],
         "lmms_eval.models": ["delta_llava=delta_llava.evaluation.lmms_eval_registration:model_manifest"],
     },

@@ -137,18 +137,44 @@ def vllm_round(server: VllmServer, client: openai.OpenAI, budget: int, images: l
     }
 
 
+class VisionClock:
+    """Wall time from the vision tower's start to the projector's end, summed over a `generate` call (hooks)."""
+
+    def __init__(self, model):
+        self.seconds, self.started = 0.0, None
+        inner = model.model
+        self.handles = [
+            inner.vision_tower.register_forward_pre_hook(self.start),
+            inner.multi_modal_projector.register_forward_hook(self.stop),
+        ]
+
+    def start(self, *unused) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, *unused) -> None:
+        self.seconds += time.perf_counter() - self.started
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def generate_round(model, processor, budget: int, images: list, new_tokens: int) -> dict:
-    """The same requests as one left-padded batch through transformers' `generate`."""
+    """The same requests as one left-padded batch through transformers' `generate`; also the time its vision tower
+    and projector took (the part of the time to first token that vLLM runs with the same transformers code)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    clock = TokenClock()
+    clock, vision = TokenClock(), VisionClock(model)
     start = time.perf_counter()
     inputs = processor(images=[[image] for image in images], text=[text] * len(images), num_visual_tokens=budget)
-    with torch.no_grad():
-        output = model.generate(
-            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-            logits_processor=LogitsProcessorList([clock]),
-        )  # fmt: skip
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                logits_processor=LogitsProcessorList([clock]),
+            )  # fmt: skip
+    finally:
+        vision.remove()
     wall = time.perf_counter() - start
     if output.shape[1] - inputs["input_ids"].shape[1] != new_tokens:
         raise RuntimeError(f"generate made {output.shape[1] - inputs['input_ids'].shape[1]} tokens, not {new_tokens}")
@@ -157,6 +183,7 @@ def generate_round(model, processor, budget: int, images: list, new_tokens: int)
         "output_tokens_per_s": new_tokens * len(images) / wall,
         "requests_per_s": len(images) / wall,
         "wall_s": wall,
+        "vision_s": vision.seconds,
     }
 
 
@@ -237,6 +264,13 @@ def print_report(rows: list[dict]) -> None:
         [[r["projector"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt(r["engine_ttft_s"], 3),
           fmt(r["ttft_s"] - r["engine_ttft_s"], 3), fmt(r["engine_queue_s"], 3), fmt(r["engine_prefill_s"], 3),
           fmt(r["engine_decode_s"], 3)] for r in rows if r["engine"] == "vllm"],
+    )
+    print("\nThe same split in generate (one batch, s): the vision tower + projector, which vLLM runs with the same "
+          "transformers code, and the rest of the time to first token (the language model's prefill)")
+    print_table(
+        ["projector", "V", "TTFT", "vision + projector", "LM prefill", "vision share of TTFT"],
+        [[r["projector"], r["num_visual_tokens"], fmt(r["ttft_s"], 3), fmt(r["vision_s"], 3),
+          fmt(r["ttft_s"] - r["vision_s"], 3), fmt(r["vision_s"] / r["ttft_s"])] for r in rows if r["engine"] == "generate"],
     )
     print("\nvLLM vs transformers' batched generate, same configuration and round (>1: vLLM faster)")
     print_table(

