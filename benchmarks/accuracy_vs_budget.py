@@ -634,7 +634,7 @@ def plot(summary: list[dict], majority: dict, grid: dict, path: Path) -> None:
 
 
 def parse_arguments(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS), help="row groups, run in this order")
     parser.add_argument("--budgets", type=int, nargs="+", default=None,
                         help=f"Delta budgets, also the baselines' unless --baseline_budgets (default {ISSUE_BUDGETS}, those the grid allows)")
@@ -645,17 +645,17 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="e.g. 0 1 2 for a spread (3x the time)")
     parser.add_argument("--seeded_rows", nargs="*", choices=ROW_GROUPS, default=["delta", "official", "mlp", "ablations"],
                         help="row groups run with every seed; the others run with the first seed only")
-    parser.add_argument("--train_samples", type=int, default=QUICK_START.train_samples)
-    parser.add_argument("--test_samples", type=int, default=QUICK_START.test_samples)
+    parser.add_argument("--train_samples", type=int, default=QUICK_START.train_samples, help="training questions (the quick start's)")
+    parser.add_argument("--test_samples", type=int, default=QUICK_START.test_samples, help="test questions every row is scored on")
     parser.add_argument("--max_steps", type=int, default=QUICK_START.train_steps, help="training steps of every row")
-    parser.add_argument("--batch_size", type=int, default=QUICK_START.batch_size)
-    parser.add_argument("--learning_rate", type=float, default=QUICK_START.learning_rate)
+    parser.add_argument("--batch_size", type=int, default=QUICK_START.batch_size, help="training batch size")
+    parser.add_argument("--learning_rate", type=float, default=QUICK_START.learning_rate, help="training learning rate")
     parser.add_argument("--warmup_steps", type=int, default=QUICK_START.warmup_steps, help="vision tower warm-up steps")
-    parser.add_argument("--warmup_learning_rate", type=float, default=QUICK_START.warmup_learning_rate)
-    parser.add_argument("--image_size", type=int, default=QUICK_START.image_size)
+    parser.add_argument("--warmup_learning_rate", type=float, default=QUICK_START.warmup_learning_rate, help="vision tower warm-up learning rate")
+    parser.add_argument("--image_size", type=int, default=QUICK_START.image_size, help="side of the synthetic scenes, pixels")
     parser.add_argument("--patch_size", type=int, default=QUICK_START.patch_size, help="96 / 8 = 12x12 grid; 192 / 8 = 24x24")
     parser.add_argument("--data_seed", type=int, default=0, help="synthetic data and tower warm-up (same every row)")
-    parser.add_argument("--eval_batch_size", type=int, default=32)
+    parser.add_argument("--eval_batch_size", type=int, default=32, help="questions per generate call in evaluation")
     parser.add_argument("--learned_margin", type=float, default=0.05,
                         help="a row learned when its overall accuracy exceeds the majority level by this much")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's own choice)")

@@ -278,9 +278,9 @@ def plot(rows: list[dict], path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS, help="prompt text tokens beside the visual tokens")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="generated tokens counted for decoding")
     args = parser.parse_args()
     rows = measure_flops(text_tokens=args.text_tokens, new_tokens=args.new_tokens)
     print_rows(rows)

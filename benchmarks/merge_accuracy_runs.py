@@ -93,11 +93,11 @@ def merge_rows(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="+", help="result names in benchmarks/results (without .json), first wins")
     parser.add_argument("--exclude", nargs="*", default=[], metavar="RUN:GROUP",
                         help="leave a run's row group out, e.g. rows trained before a fix (recorded in the JSON)")
-    parser.add_argument("--results_name", default="accuracy_vs_budget_combined")
+    parser.add_argument("--results_name", default="accuracy_vs_budget_combined", help="benchmarks/results/<name>.json and .png")
     args = parser.parse_args(argv)
     if args.results_name in args.runs:
         raise ValueError(f"--results_name {args.results_name} is one of the inputs; pick a new name.")

@@ -8,6 +8,8 @@ FlopCounterMode. Prints the authors' own module's figures beside the official la
 benchmarks/results/projector_cost.json.
 """
 
+import argparse
+
 from measure import (
     AUTHORS_PROJECTOR_GFLOPS,
     AUTHORS_PROJECTOR_PARAMETERS_M,
@@ -29,6 +31,8 @@ def cost_row(variant: str, budget: int) -> dict:
 
 
 def main() -> None:
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    argparse.ArgumentParser(description=description).parse_args()  # no options; --help says what it does
     rows = []
     for variant, (projector_type, _) in PROJECTOR_VARIANTS.items():
         budgets = [576] if projector_type == "mlp2x_gelu" else PAPER_BUDGETS

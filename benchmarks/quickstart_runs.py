@@ -67,10 +67,10 @@ def plot_runs(runs: list[dict], types: list[str], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("runs", nargs="+", help="label=folder of a delta-llava-quickstart run")
     parser.add_argument("--output", required=True, help="Path stem: writes <stem>.json and <stem>.png.")
-    parser.add_argument("--types", nargs="+", default=["existence", "position", "overall"])
+    parser.add_argument("--types", nargs="+", default=["existence", "position", "overall"], help="question types plotted")
     parser.add_argument("--about", default="", help="What these runs compare and where they ran (kept in the JSON).")
     args = parser.parse_args(argv)
     bad = [run for run in args.runs if "=" not in run]

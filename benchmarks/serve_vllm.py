@@ -2,7 +2,7 @@
 144, 36, 16 and 1 (Delta, official layout), as ratios to the MLP at 576 measured in the same run, beside
 transformers' batched `generate` on the same requests.
 
-    python benchmarks/serve_vllm.py                                   # defaults, about 12 minutes alone on 2 cores
+    python benchmarks/serve_vllm.py                                   # defaults, about 5 minutes alone on 2 cores
     python benchmarks/serve_vllm.py --requests 2 --new-tokens 4 --repeats 1 --budgets 144 1 --no-json   # smoke
 
 The model is speed_cpu.py's: its CLIP-like tower shrunk to width 512 and 8 layers (336 px, 14-pixel patches: the
@@ -308,12 +308,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[144, 36, 16, 1], help="Delta budgets (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=4, help="concurrent requests per round (default: %(default)s)")
-    parser.add_argument("--new-tokens", type=int, default=16, help="tokens per answer (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of generate (default: %(default)s)")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[144, 36, 16, 1], help="Delta budgets")
+    parser.add_argument("--requests", type=int, default=4, help="concurrent requests per round")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens per answer")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of generate")
     parser.add_argument("--no-json", action="store_true", help="print only; write no results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -540,19 +540,19 @@ def plot(inference: list[dict], projectors: list[dict], training: list[dict], pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=5, help="inference repeats")
-    parser.add_argument("--train-repeats", type=int, default=3)
-    parser.add_argument("--projector-repeats", type=int, default=7)
-    parser.add_argument("--budgets", type=int, nargs="+", default=PAPER_BUDGETS)
-    parser.add_argument("--projector-budgets", type=int, nargs="+", default=[144, 16])
+    parser.add_argument("--train-repeats", type=int, default=3, help="training repeats")
+    parser.add_argument("--projector-repeats", type=int, default=7, help="projector forward repeats")
+    parser.add_argument("--budgets", type=int, nargs="+", default=PAPER_BUDGETS, help="inference budgets")
+    parser.add_argument("--projector-budgets", type=int, nargs="+", default=[144, 16], help="projector forward budgets")
     parser.add_argument("--projector-batches", type=int, nargs="+", default=[1, 8],
                         help="images per projector call; each is measured with the MLP at the same count")
-    parser.add_argument("--train-budgets", type=int, nargs="+", default=[144, 16, 1])
-    parser.add_argument("--text-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=30)
-    parser.add_argument("--train-batch", type=int, default=1)
+    parser.add_argument("--train-budgets", type=int, nargs="+", default=[144, 16, 1], help="training budgets")
+    parser.add_argument("--text-tokens", type=int, default=64, help="prompt text tokens beside the visual tokens")
+    parser.add_argument("--new-tokens", type=int, default=30, help="generated tokens per inference run")
+    parser.add_argument("--train-batch", type=int, default=1, help="samples per training step")
     parser.add_argument("--glibc-default-allocator", action="store_true",
                         help="leave malloc as glibc sets it (freed memory returned to the OS; see keep_freed_memory)")
     parser.add_argument("--no-json", action="store_true", help="print only; do not overwrite the results files")

@@ -374,7 +374,7 @@ def write_budget_folder(
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(ExportArguments, description=__doc__.split("\n")[0]).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         exports = export_checkpoints(

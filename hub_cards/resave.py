@@ -42,7 +42,7 @@ def resave_checkpoint(source: str | Path, destination: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("source", help="folder of the checkpoint to re-save")
     parser.add_argument("destination", help="new folder for the re-saved checkpoint (replaced if it exists)")
     args = parser.parse_args(argv)

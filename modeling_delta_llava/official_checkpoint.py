@@ -260,7 +260,7 @@ def convert_official_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="the authors' stage-2 output folder (config.json + weights + tokenizer)")
     source.add_argument("--stage1_projector", help="the authors' stage-1 mm_projector.bin")

@@ -1,6 +1,9 @@
 """The quick start end to end at toy size: data, tower warm-up, training, the budget table, the saved checkpoint."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -157,3 +160,16 @@ def test_the_thread_count_is_set_for_the_run_and_restored(monkeypatch, tmp_path)
     assert seen == [1, before] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="--torch_threads -1 is negative"):
         quickstart.main(["--output_dir", str(tmp_path), "--torch_threads", "-1"])
+
+
+def test_the_output_carries_no_warning_a_newcomer_has_to_look_up(tmp_path):
+    """transformers' torchvision fallback notice (we name the PIL image processor), bitsandbytes' missing-kernels line
+    and TRL's end-of-turn false alarm (both silenced with their reasons, training/third_party_logs.py)."""
+    code = f"from delta_llava.training import quickstart; quickstart.main({tiny_arguments(tmp_path / 'out')!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    for alarm in ("requires torchvision", "gemm_4bit_forward", "end-of-turn token", "Traceback"):
+        assert alarm not in output, f"{alarm!r} in the quick start's output:\n{output[-3000:]}"
+    assert "Wrote" in output

@@ -21,7 +21,7 @@ import torch
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     HfArgumentParser,
@@ -127,7 +127,7 @@ class QuickStartArguments:
     )
     length_grouped_batches: bool = field(
         default=False,
-        metadata={"help": "Batches of questions of similar length, in random order: 18% cheaper steps, but it learned "
+        metadata={"help": "Batches of questions of similar length, in random order: 18%% cheaper steps, but it learned "
                   "worse here (see the README)."},
     )
     dataloader_workers: int = field(
@@ -157,7 +157,7 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
         image_size=args.image_size,
         patch_size=args.patch_size,
     )
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(  # the PIL backend by name: same pixels with or without torchvision
         size={"shortest_edge": args.image_size}, crop_size={"height": args.image_size, "width": args.image_size}
     )
     torch.manual_seed(args.seed)
@@ -350,7 +350,7 @@ def cpu_threads(count: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(QuickStartArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(QuickStartArguments, description=__doc__.split("\n")[0]).parse_args_into_dataclasses(args=argv)
     with cpu_threads(args.torch_threads):
         run(args)
 

@@ -154,7 +154,7 @@ def save_checkpoint(trainer, processor, model_args: DeltaLlavaModelArguments, ou
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = TrlParser((DeltaLlavaModelArguments, DeltaLlavaDataArguments, SFTConfig))
+    parser = TrlParser((DeltaLlavaModelArguments, DeltaLlavaDataArguments, SFTConfig), description=__doc__.split("\n")[0])
     model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     train(model_args, data_args, training_args)
