@@ -39,6 +39,10 @@ LAYOUT_ONLY_FIELDS = {
     "ffn_hidden_size": ("shared_base", "the hidden width of the FFN refinement, which the official layout does not have"),
     "query_positions": ("shared_base", "how the shared_base queries' positions are measured (the official layout resizes the patch grid's)"),
 }
+# How object tokens are computed from their masks (see the DeltaLlavaConfig docstring).
+OBJECT_FEATURES = ("mask_pooling", "mask_inversion")
+# MaskInversion's settings when a config does not give them: the reference package's example.
+MASK_INVERSION_DEFAULTS = {"source": None, "layer_index": -1, "iterations": 10, "lr": 0.5, "alpha": 0.0, "weight_decay": 0.0}
 # Values of query_positions (see the DeltaLlavaConfig docstring).
 QUERY_POSITIONS = ("query_grid", "image")
 
@@ -147,6 +151,15 @@ class DeltaLlavaConfig(PreTrainedConfig):
         drop_path_rate (`float`): stochastic depth of the official layout's Next-ViT block while training (0.1).
         use_emhsa / use_delta_projection / use_transformer_block (`bool`): ablation switches (paper table 3).
         use_object_tokens (`bool`), max_object_tokens (`int`), use_global_token (`bool`): Mask-LLaVA tokens.
+        object_features (`str`): how an object token is computed from its mask: `"mask_pooling"` (default, and every
+            config saved before this field) averages the patch features under the mask; `"mask_inversion"` takes the
+            mask's MaskInversion embedding (Mask-LLaVA's method; `processing.MaskInversion`), E channels wide, through
+            a linear map to the tower's width. Either is scaled to the patch features' mean norm.
+        object_embedding_dim (`int`): E, the width of the MaskInversion embeddings (the CLIP projection's output);
+            defaults to `vision_config.projection_dim`. mask_inversion only.
+        mask_inversion (`dict`): where the CLIP tower with its projection comes from (`source`, e.g.
+            `"openai/clip-vit-large-patch14-336"`) and the inversion settings (`layer_index`, `iterations`, `lr`,
+            `alpha`, `weight_decay`). mask_inversion only.
         projector_hidden_act (`str`): activation of the MLPs in the projectors.
     """
 
@@ -178,6 +191,9 @@ class DeltaLlavaConfig(PreTrainedConfig):
     use_object_tokens: bool = False
     max_object_tokens: int = 8
     use_global_token: bool = False
+    object_features: str = "mask_pooling"
+    object_embedding_dim: int | None = None
+    mask_inversion: dict | None = None
     projector_hidden_act: str = "gelu"
     tie_word_embeddings: bool = False
     auto_map: dict | None = None
@@ -282,6 +298,7 @@ class DeltaLlavaConfig(PreTrainedConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field}={value!r} must be a positive integer.")
         check_max_object_tokens(self.max_object_tokens)
+        self.validate_object_features()
         if self.projector_type != "delta":
             return
         self.validate_layout_only_fields()
@@ -296,6 +313,29 @@ class DeltaLlavaConfig(PreTrainedConfig):
             self.validate_official_layout()
         else:
             self.validate_shared_base_layout()
+
+    def validate_object_features(self) -> None:
+        """Fills the mask_inversion fields' defaults; refuses an unknown method or settings it does not have."""
+        if self.object_features not in OBJECT_FEATURES:
+            raise ValueError(f"object_features={self.object_features!r} is unknown. Allowed values: {list(OBJECT_FEATURES)}.")
+        if self.object_features != "mask_inversion":
+            if self.object_embedding_dim is not None or self.mask_inversion is not None:
+                raise ValueError(
+                    "object_embedding_dim and mask_inversion describe MaskInversion object features; set "
+                    "object_features='mask_inversion' or leave them unset."
+                )
+            return
+        if self.object_embedding_dim is None:
+            self.object_embedding_dim = getattr(self.vision_config, "projection_dim", None)
+        if isinstance(self.object_embedding_dim, bool) or not isinstance(self.object_embedding_dim, int) or self.object_embedding_dim < 1:
+            raise ValueError(
+                f"object_embedding_dim={self.object_embedding_dim!r}: give the width of the MaskInversion embeddings "
+                "(the CLIP tower's projection_dim, 768 for openai/clip-vit-large-patch14-336)."
+            )
+        unknown = set(self.mask_inversion or {}) - set(MASK_INVERSION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"mask_inversion has unknown settings {sorted(unknown)}. Allowed: {list(MASK_INVERSION_DEFAULTS)}.")
+        self.mask_inversion = {**MASK_INVERSION_DEFAULTS, **(self.mask_inversion or {})}
 
     def validate_layout_only_fields(self) -> None:
         for field, (layout, meaning) in LAYOUT_ONLY_FIELDS.items():

@@ -41,6 +41,20 @@ def check_object_masks(object_masks: torch.Tensor, num_images: int) -> None:
         raise ValueError("object_masks holds NaN or infinite values; masks are 0/1 (or soft values in [0, 1]).")
 
 
+def check_object_embeddings(object_embeddings: torch.Tensor, num_images: int, width: int) -> None:
+    """object_embeddings must be a finite tensor (I, K, E): the MaskInversion embedding of each mask, zeros after."""
+    if not isinstance(object_embeddings, torch.Tensor) or object_embeddings.dim() != 3 or object_embeddings.shape[-1] != width:
+        got = tuple(object_embeddings.shape) if isinstance(object_embeddings, torch.Tensor) else type(object_embeddings).__name__
+        raise ValueError(f"object_embeddings must be a tensor (I, K, {width}), one embedding per mask; got {got}.")
+    if object_embeddings.shape[0] != num_images:
+        raise ValueError(
+            f"object_embeddings has embeddings for {object_embeddings.shape[0]} images but pixel_values has "
+            f"{num_images} images; pass one (K, {width}) stack per image."
+        )
+    if values_readable(object_embeddings) and not torch.isfinite(object_embeddings).all():
+        raise ValueError("object_embeddings holds NaN or infinite values; recompute them with MaskInversion.")
+
+
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, image_token_id: int) -> None:
     """Every id must index the language model's embedding table."""
     if not values_readable(input_ids) or input_ids.numel() == 0:

@@ -14,7 +14,13 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_delta_llava import DeltaLlavaConfig
 from .delta_projection import BaseWeight, LowRankUpdate
-from .input_checks import check_input_ids, check_max_object_tokens, check_object_masks, check_pixel_values
+from .input_checks import (
+    check_input_ids,
+    check_max_object_tokens,
+    check_object_embeddings,
+    check_object_masks,
+    check_pixel_values,
+)
 from .object_tokens import count_object_masks, pool_mask_features, scale_to_norm
 from .projector_baselines import AvgPoolProjector, MlpProjector, TokenPackerProjector
 from .projector_delta import DeltaProjector
@@ -133,6 +139,8 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = build_projector(config)
+        if config.use_object_tokens and config.object_features == "mask_inversion":  # E -> the tower's width C
+            self.object_embedding_map = nn.Linear(config.object_embedding_dim, config.vision_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
         # post_init collects the children's lists, which name classes this model lacks (CLIP's text embeddings), and
@@ -152,11 +160,13 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         visual_token_budget: int | torch.Tensor | None = None,
+        object_embeddings: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """
-        pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w)] -> the tower's output with `pooler_output` set to one
-        (n_i, hidden_size) tensor per image, n_i = [1 global token] + V_i + [min(valid masks of image i,
+        pixel_values (I, 3, H, W) [+ object_masks (I, K, h, w), or with object_features="mask_inversion" the masks'
+        object_embeddings (I, K, E), valid rows first then zeros] -> the tower's output with `pooler_output` set to
+        one (n_i, hidden_size) tensor per image, n_i = [1 global token] + V_i + [min(valid objects of image i,
         max_object_tokens) object tokens]. V_i is `num_visual_tokens` for every image, or the processor's per-image
         `visual_token_budget` (I,) — a serving engine batches images of requests with different budgets into one call.
         The tower's `hidden_states` hold only the layers the projector reads (the others `None`) unless
@@ -192,19 +202,52 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
 
         max_object_tokens = config.max_object_tokens if max_object_tokens is None else max_object_tokens
         check_max_object_tokens(max_object_tokens)
-        if config.use_object_tokens and object_masks is not None and max_object_tokens > 0:
-            check_object_masks(object_masks, pixel_values.shape[0])
-            kept = count_object_masks(object_masks).clamp(max=max_object_tokens).tolist()
-            object_masks = object_masks[:, : max(kept, default=0)]
-            object_features = scale_to_norm(pool_mask_features(patch_features, object_masks), reference_norm)
-            object_tokens = self.project_extra_tokens(object_features, "object")
-            features = [torch.cat([image, objects[:count]]) for image, objects, count in zip(features, object_tokens, kept)]
+        objects = None
+        if config.use_object_tokens:
+            objects = self.check_object_inputs(object_masks, object_embeddings, pixel_values.shape[0])
+        if objects is not None and max_object_tokens > 0:
+            kept = count_object_masks(objects).clamp(max=max_object_tokens).tolist()
+            objects = objects[:, : max(kept, default=0)]
+            if object_embeddings is not None:
+                object_features = self.object_embedding_map(objects.to(self.object_embedding_map.weight.dtype))
+            else:
+                object_features = pool_mask_features(patch_features, objects)
+            object_tokens = self.project_extra_tokens(scale_to_norm(object_features, reference_norm), "object")
+            features = [torch.cat([image, tokens[:count]]) for image, tokens, count in zip(features, object_tokens, kept)]
         return BaseModelOutputWithPooling(
             last_hidden_state=tower_outputs.last_hidden_state,
             pooler_output=features,
             hidden_states=hidden_states,
             attentions=tower_outputs.attentions,
         )
+
+    def check_object_inputs(
+        self, object_masks: torch.Tensor | None, object_embeddings: torch.Tensor | None, num_images: int
+    ) -> torch.Tensor | None:
+        """The object inputs this model's `object_features` reads (masks, or MaskInversion embeddings), checked."""
+        if object_masks is not None and object_embeddings is not None:
+            raise ValueError(
+                "Pass object_masks or object_embeddings, not both: the embeddings are computed from the masks (the "
+                "processor does it when given masks and a MaskInversion inverter)."
+            )
+        method = self.config.object_features
+        if object_embeddings is not None and method != "mask_inversion":
+            raise ValueError(
+                f"object_embeddings were given but this model pools its object tokens from masks "
+                f"(object_features={method!r}): pass object_masks instead."
+            )
+        if object_masks is not None and method == "mask_inversion" and self.config.use_object_tokens:
+            raise ValueError(
+                "This model's object tokens are MaskInversion embeddings (object_features='mask_inversion'): pass "
+                "object_embeddings (I, K, E), e.g. from the processor called with the masks and "
+                "`object_mask_inverter=MaskInversion(clip_tower)`, instead of object_masks."
+            )
+        if object_masks is not None:
+            check_object_masks(object_masks, num_images)
+            return object_masks
+        if object_embeddings is not None:
+            check_object_embeddings(object_embeddings, num_images, self.config.object_embedding_dim)
+        return object_embeddings
 
     def hidden_states_read(self) -> list[int]:
         """Hidden-state indices of the tower that the projector reads: the patch features' and the memory levels'
@@ -313,6 +356,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
         visual_token_budget: int | torch.Tensor | None = None,
+        object_embeddings: torch.FloatTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> DeltaLlavaModelOutputWithPast:
         """
@@ -334,6 +378,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
                 object_masks,
                 max_object_tokens,
                 visual_token_budget=visual_token_budget,
+                object_embeddings=object_embeddings,
                 return_dict=True,
             )
             image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
@@ -342,7 +387,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
                 placeholder_mask.sum() == image_features.shape[0],
                 lambda: self.placeholder_mismatch(
                     int(placeholder_mask.sum()), image_features.shape[0], pixel_values.shape[0], num_visual_tokens,
-                    object_masks is not None and self.config.use_object_tokens,
+                    (object_masks is not None or object_embeddings is not None) and self.config.use_object_tokens,
                 ),
             )
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
@@ -414,6 +459,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         object_masks: torch.FloatTensor | None = None,
         max_object_tokens: int | None = None,
         visual_token_budget: int | torch.Tensor | None = None,
+        object_embeddings: torch.FloatTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> DeltaLlavaCausalLMOutputWithPast:
@@ -429,6 +475,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
             object_masks=object_masks,
             max_object_tokens=max_object_tokens,
             visual_token_budget=visual_token_budget,
+            object_embeddings=object_embeddings,
             return_dict=True,
             **kwargs,
         )
@@ -455,6 +502,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         object_masks: torch.FloatTensor | None = None,
+        object_embeddings: torch.FloatTensor | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ):
@@ -471,6 +519,7 @@ class DeltaLlavaForConditionalGeneration(DeltaLlavaPreTrainedModel, GenerationMi
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["object_masks"] = object_masks
+            model_inputs["object_embeddings"] = object_embeddings
         return model_inputs
 
 

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 def count_object_masks(object_masks: torch.Tensor) -> torch.Tensor:
     """
-    object_masks (I, K, H, W), valid masks first (ordered by detector score, background last), then all-zero padding
-    -> (I,) number of valid masks per image. A valid mask after a padding mask is refused: it would be misaligned.
+    object_masks (I, K, H, W) or their embeddings (I, K, E), valid objects first (ordered by detector score,
+    background last), then all-zero padding -> (I,) number of valid objects per image. A valid object after a
+    padding one is refused: it would be misaligned.
     """
-    valid = object_masks.flatten(2).amax(dim=-1) > 0
+    valid = object_masks.flatten(2).abs().amax(dim=-1) > 0
     counts = valid.sum(dim=-1)
     leading = torch.arange(valid.shape[1], device=valid.device) < counts[:, None]
     if not torch.equal(valid, leading):

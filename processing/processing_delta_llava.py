@@ -188,6 +188,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         max_object_tokens: int | None = None,
         object_masks: list | torch.Tensor | None = None,
         object_mask_extractor=None,
+        object_mask_inverter=None,
         padding: bool | str | None = None,
         truncation: bool | str | None = None,
         max_length: int | None = None,
@@ -210,6 +211,10 @@ class DeltaLlavaProcessor(ProcessorMixin):
             object_mask_extractor: instead of `object_masks`, an `ObjectMaskExtractor` (Deformable DETR + SAM) or
                 any callable mapping a list of PIL images to objects with a `masks` tensor `(M_i, H, W)`: the masks
                 of every image are then computed here, on the images as given (before `pad_to_square`).
+            object_mask_inverter: for a model with `object_features="mask_inversion"`, a `MaskInversion` over the
+                CLIP tower the model was trained with: the kept masks of each image are inverted here (one
+                inversion per image, all its masks at once) and `object_embeddings` is returned instead of
+                `object_masks`.
             padding: tokenizer padding (default `True`: pad to the longest sample, on `tokenizer.padding_side`).
             truncation, max_length: tokenizer truncation; a truncation that would cut image tokens is refused.
             return_tensors: `"pt"` (default), `"np"` or `None` (lists).
@@ -232,6 +237,10 @@ class DeltaLlavaProcessor(ProcessorMixin):
             raise ValueError(
                 "Pass `object_masks` (precomputed) or `object_mask_extractor` (computes them here), not both."
             )
+        if object_mask_inverter is not None and object_masks is None and object_mask_extractor is None:
+            raise ValueError(
+                "`object_mask_inverter` turns masks into embeddings: pass `object_masks` or `object_mask_extractor` too."
+            )
         if num_visual_tokens is None:
             num_visual_tokens = self.num_visual_tokens
         if max_object_tokens is None:
@@ -251,7 +260,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 rgb_images = [pad_to_square(image, self.padding_colour) for image in rgb_images]
             mask_counts = [0] * len(rgb_images)
             if object_masks is not None:
-                data["object_masks"] = self._object_masks(object_masks, nested, len(rgb_images))
+                mask_stacks = self._mask_stacks(object_masks, nested, len(rgb_images))
+                data["object_masks"] = masks_to_model_input(mask_stacks, self.mask_size, pad_to_square=self.pad_to_square)
                 if max_object_tokens > 0:
                     mask_counts = count_valid_masks(data["object_masks"]).clamp(max=max_object_tokens).tolist()
             global_tokens = 1 if self.use_global_token else 0
@@ -272,6 +282,11 @@ class DeltaLlavaProcessor(ProcessorMixin):
             data["pixel_values"] = self.image_processor(rgb_images, return_tensors=return_tensors, **images_kwargs)[
                 "pixel_values"
             ]
+            if object_mask_inverter is not None:  # the model reads the masks' embeddings instead of the masks
+                del data["object_masks"]
+                data["object_embeddings"] = self._invert_masks(
+                    object_mask_inverter, torch.as_tensor(np.asarray(data["pixel_values"])), mask_stacks, mask_counts
+                )
         if texts is not None:
             data.update(self._tokenize(texts, tokens_per_image, output_kwargs))
             if flat_images:  # the budget the placeholders were written for, per image, so the model projects to it
@@ -304,7 +319,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         tokens depend on each image's masks, which this hook never sees: images served without masks get none, and
         masks passed here are refused rather than miscounted.
         """
-        if kwargs.get("object_masks") is not None or kwargs.get("object_mask_extractor") is not None:
+        if any(kwargs.get(name) is not None for name in ("object_masks", "object_mask_extractor", "object_mask_inverter")):
             raise ValueError(
                 "Object tokens are not counted for serving engines: they depend on each image's masks. Serve the "
                 "checkpoint without object masks (images then get no object tokens), or use transformers' generate."
@@ -324,7 +339,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         names = ["input_ids", "attention_mask", "pixel_values", "visual_token_budget"]
-        return names + ["object_masks"] if self.use_object_tokens else names
+        return names + ["object_masks", "object_embeddings"] if self.use_object_tokens else names
 
     def _text_batch(self, text: str | list[str] | None) -> list[str] | None:
         """Wrap a single string in a list; validate a batch."""
@@ -371,8 +386,20 @@ class DeltaLlavaProcessor(ProcessorMixin):
             )
         return flat, nested
 
-    def _object_masks(self, object_masks, nested: bool, num_images: int) -> torch.Tensor:
-        """Validate one mask stack per image and build the model's `(num_images, K_max, S, S)` input."""
+    def _invert_masks(self, inverter, pixel_values: torch.Tensor, mask_stacks: list, counts: list[int]) -> torch.Tensor:
+        """The MaskInversion embeddings of each image's first `counts[i]` masks, zero-padded: (num_images, K, E).
+        Each image's masks are resized to its pixel grid, as the image was, and inverted together."""
+        side = pixel_values.shape[-1]
+        masks = masks_to_model_input(mask_stacks, side, pad_to_square=self.pad_to_square)
+        width = inverter.model.config.projection_dim
+        embeddings = torch.zeros(len(mask_stacks), max(counts, default=0), width, dtype=inverter.model.dtype)
+        for index, count in enumerate(counts):
+            if count:
+                embeddings[index, :count] = inverter(pixel_values[index : index + 1], masks[index, :count]).cpu()
+        return embeddings
+
+    def _mask_stacks(self, object_masks, nested: bool, num_images: int) -> list:
+        """Validate `object_masks` and return one mask stack per image, in image order."""
         if not self.use_object_tokens:
             raise ValueError(
                 "`object_masks` were given but this processor has use_object_tokens=False, so the model would ignore "
@@ -398,7 +425,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 f"Got {len(stacks)} mask stack(s) for {num_images} image(s). Pass one (num_masks, H, W) stack per "
                 "image, in the same order (and nesting) as `images`."
             )
-        return masks_to_model_input(stacks, self.mask_size, pad_to_square=self.pad_to_square)
+        return stacks
 
     def _tokenize(self, texts: list[str], tokens_per_image: list[int], output_kwargs: dict) -> dict:
         """Expand the placeholders, tokenize, and check that no image token was truncated away."""

@@ -3,12 +3,13 @@ number for number, leaves the model as it found it, and refuses bad input."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
-from delta_llava.processing import MaskInversion
+from delta_llava.processing import DeltaLlavaProcessor, MaskInversion
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maskinversion" / "reference_example.safetensors"
 # open_clip's names (the reference's tower) -> CLIPVisionModelWithProjection's, per layer and outside the layers
@@ -122,3 +123,85 @@ def test_bad_input_is_refused_with_the_fix(tower, reference):
         inverter(image.clone().fill_(float("nan")), masks)
     with pytest.raises(ValueError, match=r"one image \(1, 3, H, W\)"):
         inverter(image.repeat(2, 1, 1, 1), masks)
+
+
+# ---------------------------------------------------------------- object tokens from MaskInversion embeddings
+
+
+def inversion_config(**overrides):
+    from conftest import tiny_config
+
+    return tiny_config(**{"use_object_tokens": True, "object_features": "mask_inversion", "object_embedding_dim": 16, **overrides})
+
+
+def test_the_config_records_the_method_its_width_and_settings():
+    from conftest import tiny_config
+
+    assert tiny_config().object_features == "mask_pooling" and tiny_config().mask_inversion is None
+    config = inversion_config(mask_inversion={"source": "openai/clip-vit-large-patch14-336", "iterations": 5})
+    assert config.mask_inversion == {"source": "openai/clip-vit-large-patch14-336", "layer_index": -1, "iterations": 5,
+                                     "lr": 0.5, "alpha": 0.0, "weight_decay": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match="object_features='mask_averaging' is unknown"):
+        tiny_config(object_features="mask_averaging")
+    with pytest.raises(ValueError, match="set object_features='mask_inversion'"):
+        tiny_config(object_embedding_dim=16)
+    with pytest.raises(ValueError, match=r"unknown settings \['steps'\]"):
+        inversion_config(mask_inversion={"steps": 3})
+
+
+def test_the_model_takes_embeddings_drops_them_at_test_time_and_refuses_masks():
+    from conftest import TINY_IMAGE_TOKEN_ID
+    from delta_llava import DeltaLlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = DeltaLlavaForConditionalGeneration(inversion_config()).eval()
+    pixels = torch.randn(2, 3, 48, 48)
+    embeddings = torch.randn(2, 3, 16)
+    embeddings[1, 2] = 0  # the second image has two objects
+    with torch.no_grad():
+        features = model.get_image_features(pixels, object_embeddings=embeddings).pooler_output
+        capped = model.get_image_features(pixels, object_embeddings=embeddings, max_object_tokens=1).pooler_output
+        none = model.get_image_features(pixels).pooler_output
+    assert [len(f) for f in features] == [16 + 3, 16 + 2] and [len(f) for f in capped] == [17, 17]
+    assert [len(f) for f in none] == [16, 16]
+    torch.testing.assert_close(capped[0], features[0][:17])  # dropping objects leaves the other tokens unchanged
+    with pytest.raises(ValueError, match="not both"):
+        model.get_image_features(pixels, object_masks=torch.ones(2, 1, 48, 48), object_embeddings=embeddings)
+    with pytest.raises(ValueError, match="pass object_embeddings"):
+        model.get_image_features(pixels, object_masks=torch.ones(2, 1, 48, 48))
+    with pytest.raises(ValueError, match=r"\(I, K, 16\)"):
+        model.get_image_features(pixels, object_embeddings=torch.randn(2, 3, 8))
+    input_ids = torch.tensor([[1, 5] + [TINY_IMAGE_TOKEN_ID] * 19 + [7]])
+    with torch.no_grad():
+        assert model(input_ids=input_ids, pixel_values=pixels[:1], object_embeddings=embeddings[:1]).logits.shape[1] == 22
+    pooling = DeltaLlavaForConditionalGeneration(inversion_config(object_features="mask_pooling", object_embedding_dim=None))
+    with pytest.raises(ValueError, match="pools its object tokens from masks"):
+        pooling.get_image_features(pixels, object_embeddings=embeddings)
+
+
+def test_the_processor_inverts_the_masks_of_raw_images_for_generate():
+    from transformers import CLIPImageProcessor
+
+    from delta_llava import DeltaLlavaForConditionalGeneration
+    from delta_llava.training.local_tokenizer import build_word_level_tokenizer
+
+    tokenizer = build_word_level_tokenizer(["what", "is", "it"])
+    torch.manual_seed(0)
+    model = DeltaLlavaForConditionalGeneration(inversion_config(image_token_id=tokenizer.image_token_id)).eval()
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=48, patch_size=8,
+        projection_dim=16,
+    )).eval()  # fmt: skip
+    inverter = MaskInversion(clip, iterations=2)
+    processor_images = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    processor = DeltaLlavaProcessor(processor_images, tokenizer, num_visual_tokens=16, use_object_tokens=True, mask_size=24)
+    image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    masks = np.zeros((2, 48, 48), dtype=bool)
+    masks[0, :20, :20], masks[1, 24:, 10:40] = True, True
+    inputs = processor(images=[image], text="<image> what is it", object_masks=[masks], object_mask_inverter=inverter)
+    assert "object_masks" not in inputs and inputs["object_embeddings"].shape == (1, 2, 16)
+    torch.testing.assert_close(inputs["object_embeddings"][0], inverter(inputs["pixel_values"], torch.as_tensor(masks).float()))
+    assert (inputs["input_ids"] == tokenizer.image_token_id).sum() == 16 + 2
+    assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
+    with pytest.raises(ValueError, match="pass `object_masks` or `object_mask_extractor` too"):
+        processor(images=[image], text="<image> what is it", object_mask_inverter=inverter)

@@ -204,7 +204,7 @@ def test_decode_and_model_input_names():
     assert processor.batch_decode(ids, skip_special_tokens=True) == ["a red circle"]
     assert processor.decode(ids[0]) == "<s> a red circle"
     assert processor.model_input_names == ["input_ids", "attention_mask", "pixel_values", "visual_token_budget"]
-    assert make_processor(use_object_tokens=True).model_input_names[-1] == "object_masks"
+    assert make_processor(use_object_tokens=True).model_input_names[-2:] == ["object_masks", "object_embeddings"]
 
 
 def test_local_tokenizer_special_tokens_decoding_and_save_load(tmp_path):
