@@ -4,9 +4,10 @@
     python benchmarks/mask_inversion_cost.py                        # defaults, about 3 minutes alone on 2 cores
     python benchmarks/mask_inversion_cost.py --masks 1 --iterations 2 --repeats 1 --no-json   # smoke
 
-MaskInversion runs the tower once on one copy of the image per mask and keeps that graph, then each iteration
-computes LeGrad's maps (a gradient through the last layer's attention, kept differentiable) and differentiates the
-Dice loss through them (second order). "Forward" is the tower on the copies; "iterations" the rest. Mask pooling is
+MaskInversion runs the tower once on the image up to layer `layer_index` (-1: the last), then that layer on one copy
+per mask, keeping its graph; each iteration computes LeGrad's maps (a gradient through that layer's attention, kept
+differentiable) and differentiates the Dice loss through them (second order). "Forward" is the tower run; "iterations"
+the rest. Mask pooling is
 what the object tokens use by default: the tower once on the image, then a mask-weighted average of patch features
 (its pooling alone is a few microseconds; the tower forward is the cost). Float32, the default 10 iterations, the
 repeats' median. Writes benchmarks/results/mask_inversion_cost.json.

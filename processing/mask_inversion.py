@@ -13,6 +13,7 @@ Reference: PyPI `maskinversion-torch` 1.1 / `legrad-torch` 1.1 on open_clip, rep
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,15 @@ def min_max_normalise(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(-2)
     low, high = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
     return (maps - low) / (high - low)
+
+
+@dataclass
+class TowerRecord:
+    """What one tower run keeps for LeGrad: the image embeddings, and per layer its output and attention maps."""
+
+    image_embeds: torch.Tensor | None = None
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class MaskInversion:
@@ -106,18 +116,45 @@ class MaskInversion:
             directions = F.normalize(embeddings.to(pixel_values.dtype), dim=-1)
             return self.legrad(tower, directions).detach()
 
-    def forward_copies(self, pixel_values: torch.Tensor, count: int):
-        """The tower on `count` copies of the image, keeping every hidden state and attention map in the graph (the
-        input is marked as requiring grad so the attention maps do, without touching the parameters)."""
-        images = pixel_values.to(self.model.dtype).expand(count, -1, -1, -1).clone().requires_grad_(True)
-        return self.model(pixel_values=images, output_hidden_states=True, output_attentions=True)
+    def forward_copies(self, pixel_values: torch.Tensor, count: int) -> "TowerRecord":
+        """The tower on the image, then on `count` copies of it from layer `layer_index` on: the layers before it run
+        once, without a graph; the hidden state entering the first kept layer is copied `count` times and marked as
+        requiring grad (no parameter is touched), and only the kept layers' outputs and attention maps are recorded."""
+        layers = self.model.vision_model.encoder.layers
+        record = TowerRecord()
 
-    def legrad(self, tower, directions: torch.Tensor) -> torch.Tensor:
+        def start_graph(module, args):
+            return (args[0].detach().expand(count, -1, -1).clone().requires_grad_(True), *args[1:])
+
+        def keep_output(index):
+            def hook(module, args, output):
+                record.hidden_states[index] = output[0] if isinstance(output, tuple) else output
+
+            return hook
+
+        def keep_attention(index):
+            def hook(module, args, output):
+                record.attentions[index] = output[1]  # eager attention returns its probabilities
+
+            return hook
+
+        handles = [layers[self.first_layer].register_forward_pre_hook(start_graph)]
+        for index in range(self.first_layer, len(layers)):
+            handles.append(layers[index].register_forward_hook(keep_output(index)))
+            handles.append(layers[index].self_attn.register_forward_hook(keep_attention(index)))
+        try:
+            record.image_embeds = self.model(pixel_values=pixel_values.to(self.model.dtype)).image_embeds
+        finally:
+            for handle in handles:
+                handle.remove()
+        return record
+
+    def legrad(self, tower: "TowerRecord", directions: torch.Tensor) -> torch.Tensor:
         """directions (N, E), unit vectors -> (1, N, H, W): LeGrad's maps of copy n for direction n."""
         vision, patch = self.model.vision_model, self.model.config.patch_size
         total = 0
         for layer in range(self.first_layer, self.model.config.num_hidden_layers):
-            pooled = vision.post_layernorm(tower.hidden_states[layer + 1].mean(dim=1))
+            pooled = vision.post_layernorm(tower.hidden_states[layer].mean(dim=1))
             features = F.normalize(self.model.visual_projection(pooled), dim=-1)  # (N, E)
             score = (directions * features).sum()  # copy n scored against direction n only
             attention = tower.attentions[layer]  # (N, heads, 1 + g*g, 1 + g*g)
