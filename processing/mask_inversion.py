@@ -113,7 +113,7 @@ class MaskInversion:
             )
         with self.prepared_model(), torch.enable_grad():
             tower = self.forward_copies(pixel_values, len(embeddings))
-            directions = F.normalize(embeddings.to(pixel_values.dtype), dim=-1)
+            directions = F.normalize(embeddings.to(self.model.device, self.model.dtype), dim=-1)
             return self.legrad(tower, directions).detach()
 
     def forward_copies(self, pixel_values: torch.Tensor, count: int) -> "TowerRecord":
@@ -143,7 +143,7 @@ class MaskInversion:
             handles.append(layers[index].register_forward_hook(keep_output(index)))
             handles.append(layers[index].self_attn.register_forward_hook(keep_attention(index)))
         try:
-            record.image_embeds = self.model(pixel_values=pixel_values.to(self.model.dtype)).image_embeds
+            record.image_embeds = self.model(pixel_values=pixel_values.to(self.model.device, self.model.dtype)).image_embeds
         finally:
             for handle in handles:
                 handle.remove()
@@ -183,7 +183,7 @@ class MaskInversion:
         empty = [index for index, mask in enumerate(masks) if not mask.any()]
         if empty:
             raise ValueError(f"masks {empty} are all zero: an empty mask has no region to explain. Drop them first.")
-        return masks.to(device=pixel_values.device, dtype=self.model.dtype)
+        return masks.to(device=self.model.device, dtype=self.model.dtype)
 
     @contextmanager
     def prepared_model(self):

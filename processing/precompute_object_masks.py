@@ -140,7 +140,7 @@ class PrecomputeArguments:
 
 def main(argv: list[str] | None = None) -> None:
     """Load the saved dataset, add ``object_masks`` to every split, and save the result to ``output_dir``."""
-    (args,) = HfArgumentParser(PrecomputeArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(PrecomputeArguments, description=__doc__.split("\n")[0]).parse_args_into_dataclasses(args=argv)
     dataset = load_from_disk(args.dataset_path)
     extractor = ObjectMaskExtractor.from_pretrained(
         args.detector_id,

@@ -189,6 +189,7 @@ class DeltaLlavaProcessor(ProcessorMixin):
         object_masks: list | torch.Tensor | None = None,
         object_mask_extractor=None,
         object_mask_inverter=None,
+        object_embeddings: list | torch.Tensor | None = None,
         padding: bool | str | None = None,
         truncation: bool | str | None = None,
         max_length: int | None = None,
@@ -215,6 +216,8 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 CLIP tower the model was trained with: the kept masks of each image are inverted here (one
                 inversion per image, all its masks at once) and `object_embeddings` is returned instead of
                 `object_masks`.
+            object_embeddings: instead of masks, their precomputed MaskInversion embeddings: one `(M_i, E)` array
+                per image (as `precompute_object_embeddings` stores them), or one `(num_images, M, E)` array.
             padding: tokenizer padding (default `True`: pad to the longest sample, on `tokenizer.padding_side`).
             truncation, max_length: tokenizer truncation; a truncation that would cut image tokens is refused.
             return_tensors: `"pt"` (default), `"np"` or `None` (lists).
@@ -236,6 +239,11 @@ class DeltaLlavaProcessor(ProcessorMixin):
         if object_masks is not None and object_mask_extractor is not None:
             raise ValueError(
                 "Pass `object_masks` (precomputed) or `object_mask_extractor` (computes them here), not both."
+            )
+        if object_embeddings is not None and (object_masks is not None or object_mask_extractor is not None):
+            raise ValueError(
+                "Pass `object_embeddings` (precomputed) or object masks (`object_masks` / `object_mask_extractor`), "
+                "not both: the embeddings are the masks' MaskInversion features."
             )
         if object_mask_inverter is not None and object_masks is None and object_mask_extractor is None:
             raise ValueError(
@@ -260,14 +268,20 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 rgb_images = [pad_to_square(image, self.padding_colour) for image in rgb_images]
             mask_counts = [0] * len(rgb_images)
             if object_masks is not None:
-                mask_stacks = self._mask_stacks(object_masks, nested, len(rgb_images))
+                mask_stacks = self._per_image(object_masks, nested, len(rgb_images), "object_masks", "(num_masks, H, W)")
                 data["object_masks"] = masks_to_model_input(mask_stacks, self.mask_size, pad_to_square=self.pad_to_square)
                 if max_object_tokens > 0:
                     mask_counts = count_valid_masks(data["object_masks"]).clamp(max=max_object_tokens).tolist()
+            elif object_embeddings is not None:  # precomputed MaskInversion embeddings, e.g. from a training set
+                stacks = self._per_image(object_embeddings, nested, len(rgb_images), "object_embeddings", "(num_objects, E)")
+                data["object_embeddings"] = self._embeddings_input(stacks)
+                if max_object_tokens > 0:
+                    mask_counts = [min(len(stack), max_object_tokens) for stack in stacks]
             global_tokens = 1 if self.use_global_token else 0
             tokens_per_image = [global_tokens + num_visual_tokens + count for count in mask_counts]
-        elif object_masks is not None:
-            raise ValueError("`object_masks` were given without images. Pass one mask stack per image with the images.")
+        elif object_masks is not None or object_embeddings is not None:
+            given = "`object_masks`" if object_masks is not None else "`object_embeddings`"
+            raise ValueError(f"{given} were given without images. Pass one stack per image with the images.")
 
         call_kwargs = {"padding": padding, "truncation": truncation, "max_length": max_length}
         output_kwargs = self._merge_kwargs(
@@ -398,34 +412,44 @@ class DeltaLlavaProcessor(ProcessorMixin):
                 embeddings[index, :count] = inverter(pixel_values[index : index + 1], masks[index, :count]).cpu()
         return embeddings
 
-    def _mask_stacks(self, object_masks, nested: bool, num_images: int) -> list:
-        """Validate `object_masks` and return one mask stack per image, in image order."""
+    def _per_image(self, value, nested: bool, num_images: int, name: str, item: str) -> list:
+        """Validate `object_masks` (item "(num_masks, H, W)") or `object_embeddings` (item "(num_objects, E)") and
+        return one entry per image, in image order."""
         if not self.use_object_tokens:
             raise ValueError(
-                "`object_masks` were given but this processor has use_object_tokens=False, so the model would ignore "
-                "them. Build the processor (and the model) with use_object_tokens=True, or drop `object_masks`."
+                f"`{name}` were given but this processor has use_object_tokens=False, so the model would ignore "
+                f"them. Build the processor (and the model) with use_object_tokens=True, or drop `{name}`."
             )
-        if isinstance(object_masks, (torch.Tensor, np.ndarray)):
-            if object_masks.ndim != 4:
+        rank = item.count(",") + 2  # one array for every image: (num_images, *item)
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            if value.ndim != rank:
                 raise ValueError(
-                    f"`object_masks` as one array must have shape (num_images, num_masks, H, W); got "
-                    f"{tuple(object_masks.shape)}. Or pass a list with one (num_masks, H, W) stack per image."
+                    f"`{name}` as one array must have shape (num_images, {item[1:]}; got {tuple(value.shape)}. Or "
+                    f"pass a list with one {item} array per image."
                 )
-            stacks = list(object_masks)
-        elif isinstance(object_masks, (list, tuple)):
-            per_sample = nested and all(isinstance(group, (list, tuple)) for group in object_masks)
-            stacks = [stack for group in object_masks for stack in group] if per_sample else list(object_masks)
+            entries = list(value)
+        elif isinstance(value, (list, tuple)):
+            per_sample = nested and all(isinstance(group, (list, tuple)) for group in value)
+            entries = [entry for group in value for entry in group] if per_sample else list(value)
         else:
-            raise TypeError(
-                f"`object_masks` must be a list of mask stacks (one (num_masks, H, W) array per image), got "
-                f"{type(object_masks).__name__}."
-            )
-        if len(stacks) != num_images:
+            raise TypeError(f"`{name}` must be a list with one {item} array per image, got {type(value).__name__}.")
+        if len(entries) != num_images:
             raise ValueError(
-                f"Got {len(stacks)} mask stack(s) for {num_images} image(s). Pass one (num_masks, H, W) stack per "
-                "image, in the same order (and nesting) as `images`."
+                f"Got {len(entries)} {name.split('_')[1].rstrip('s')} stack(s) for {num_images} image(s). Pass one {item} "
+                "stack per image, in the same order (and nesting) as `images`."
             )
-        return stacks
+        return entries
+
+    def _embeddings_input(self, stacks: list) -> torch.Tensor:
+        """One (K_i, E) array per image -> the model's zero-padded `object_embeddings` (num_images, K_max, E)."""
+        arrays = [torch.as_tensor(np.asarray(stack, dtype=np.float32)) for stack in stacks]
+        widths = {array.shape[-1] for array in arrays if array.dim() == 2}
+        if any(array.dim() != 2 for array in arrays) or len(widths) > 1:
+            raise ValueError("`object_embeddings` must hold one (num_objects, E) array per image, with the same E.")
+        padded = torch.zeros(len(arrays), max(len(array) for array in arrays), widths.pop() if widths else 0)
+        for index, array in enumerate(arrays):
+            padded[index, : len(array)] = array
+        return padded
 
     def _tokenize(self, texts: list[str], tokens_per_image: list[int], output_kwargs: dict) -> dict:
         """Expand the placeholders, tokenize, and check that no image token was truncated away."""

@@ -19,6 +19,11 @@ ENTRY_POINTS = {
     "delta-llava-convert-official": ("Convert a checkpoint trained with the authors' code", ["--checkpoint", "--output_dir"]),
     "delta-llava-resave": ("Re-save a Delta-LLaVA checkpoint", ["source", "destination"]),
 }
+MODULES = {
+    "delta_llava.processing.precompute_object_masks": ("Precompute object masks for a whole", ["--dataset_path", "--mask_size"]),
+    "delta_llava.processing.precompute_object_embeddings": (
+        "Precompute the MaskInversion embeddings", ["--dataset_path", "--clip_model", "--iterations"]),
+}
 SCRIPTS = {
     "projector_cost.py": ("Parameters and FLOPs of every projector", []),
     "flops_real_size.py": ("FLOPs of one image + prompt + answer", ["--text-tokens"]),
@@ -51,6 +56,11 @@ def check_help(command: list[str], starts: str, options: list[str]) -> None:
 @pytest.mark.parametrize("command", list(ENTRY_POINTS))
 def test_console_scripts_answer_help(command):
     check_help([str(BIN / command)], *ENTRY_POINTS[command])
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_modules_run_with_dash_m_answer_help(module):
+    check_help([sys.executable, "-m", module], *MODULES[module])
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))

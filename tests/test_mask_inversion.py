@@ -205,3 +205,56 @@ def test_the_processor_inverts_the_masks_of_raw_images_for_generate():
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
     with pytest.raises(ValueError, match="pass `object_masks` or `object_mask_extractor` too"):
         processor(images=[image], text="<image> what is it", object_mask_inverter=inverter)
+
+
+def test_precomputed_embeddings_are_each_images_inversion_and_come_from_the_cache(tmp_path):
+    from datasets import Dataset, Features, Image, List
+    from transformers import CLIPImageProcessor
+
+    from delta_llava.processing.object_mask_inputs import compact_mask_stack
+    from delta_llava.processing.precompute_object_embeddings import precompute_object_embeddings
+    from delta_llava.processing.precompute_object_masks import object_masks_feature
+
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=16,
+    )).eval()  # fmt: skip
+    calls = []
+
+    class CountingInversion(MaskInversion):
+        def __call__(self, pixel_values, masks, return_explainability_maps=False):
+            calls.append(len(masks))
+            return super().__call__(pixel_values, masks, return_explainability_maps)
+
+    inverter = CountingInversion(clip, iterations=2)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    rng = np.random.default_rng(0)
+    images, stacks = [], []
+    for count in (2, 0, 3):  # the second image has no mask at all
+        images.append([PIL_image(rng)])
+        masks = torch.zeros(count, 32, 32, dtype=torch.bool)
+        for index in range(count):
+            masks[index, 4 * index : 4 * index + 12, 2:20] = True
+        stacks.append([compact_mask_stack(masks, 8)])
+    features = Features({"images": List(Image()), "object_masks": object_masks_feature(8)})
+    dataset = Dataset.from_dict({"images": images, "object_masks": stacks}, features=features)
+    cache = str(tmp_path / "embeddings.arrow")
+    result = precompute_object_embeddings(dataset, inverter, image_processor, cache_file_name=cache)
+    assert calls == [2, 3]  # one inversion per image with masks, all its masks at once
+    shapes = [np.asarray(row[0]).shape for row in result["object_embeddings"]]
+    assert shapes == [(2, 16), (0,), (3, 16)] or shapes == [(2, 16), (0, 16), (3, 16)]
+    pixel_values = image_processor(images[2][0], return_tensors="pt")["pixel_values"]
+    from delta_llava.processing.object_mask_inputs import masks_to_model_input
+
+    expected = MaskInversion(clip, iterations=2)(pixel_values, masks_to_model_input([stacks[2][0]], 32)[0, :3])
+    torch.testing.assert_close(torch.tensor(np.asarray(result["object_embeddings"][2][0]), dtype=torch.float32), expected.float())
+    precompute_object_embeddings(dataset, inverter, image_processor, cache_file_name=cache)
+    assert calls == [2, 3]  # the second run read the cache
+    with pytest.raises(ValueError, match="Run `precompute_object_masks` first"):
+        precompute_object_embeddings(dataset.remove_columns("object_masks"), inverter, image_processor)
+
+
+def PIL_image(rng):
+    import PIL.Image
+
+    return PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))

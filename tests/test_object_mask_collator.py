@@ -68,3 +68,19 @@ def test_one_stack_per_image_is_checked(processor):
     rows[0]["object_masks"] = rows[0]["object_masks"] * 2  # two stacks for one image
     with pytest.raises(ValueError, match="one .* stack per image"):
         ObjectMaskCollator(processor, assistant_only_loss=True)(rows)
+
+
+def test_embeddings_reach_the_batch_and_expand_the_placeholders(processor):
+    rows = examples(with_masks=False)
+    rng = np.random.default_rng(1)
+    for row, count in zip(rows, MASK_COUNTS):
+        row["object_embeddings"] = [rng.standard_normal((count, 6)).astype(np.float32).tolist()]
+    batch = ObjectMaskCollator(processor, assistant_only_loss=True)([dict(row) for row in rows])
+    assert "object_masks" not in batch and batch["object_embeddings"].shape == (len(MASK_COUNTS), max(MASK_COUNTS), 6)
+    torch.testing.assert_close(batch["object_embeddings"][0, : MASK_COUNTS[0]], torch.tensor(rows[0]["object_embeddings"][0]))
+    assert (batch["object_embeddings"][1, MASK_COUNTS[1] :] == 0).all()  # zero padding after each image's objects
+    placeholders = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
+    assert placeholders == [BUDGET + count for count in MASK_COUNTS]
+    both = [dict(row, object_masks=[[[[255]]]]) for row in rows]
+    with pytest.raises(ValueError, match="both object_masks and object_embeddings"):
+        ObjectMaskCollator(processor, assistant_only_loss=True)(both)
