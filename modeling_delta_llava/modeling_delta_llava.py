@@ -47,6 +47,9 @@ PROJECTOR_CLASSES = {
 }
 DELTA_PROJECTOR_CLASSES = {"official": OfficialDeltaProjector, "shared_base": DeltaProjector}
 PROJECTORS_READING_MEMORY = ("delta", "tokenpacker")
+# The modules between the tower and the language model, trained as "the projector" (stage 1, LoRA's modules_to_save):
+# the projector itself and, with MaskInversion object features, the map of their embeddings to the tower's width.
+PROJECTOR_MODULES = ("multi_modal_projector", "object_embedding_map")
 
 
 def build_projector(config: DeltaLlavaConfig) -> nn.Module:
@@ -277,6 +280,10 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             for index, tokens in zip(indices, projected):
                 features[index] = tokens
         return features
+
+    def projector_parts(self) -> list[nn.Module]:
+        """The modules of `PROJECTOR_MODULES` this model has."""
+        return [getattr(self, name) for name in PROJECTOR_MODULES if hasattr(self, name)]
 
     def project_extra_tokens(self, tokens: torch.Tensor, role: str) -> torch.Tensor:
         """

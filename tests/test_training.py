@@ -272,3 +272,26 @@ def test_loss_per_answer_weighs_each_answer_as_one(parts, tmp_path):
     torch.testing.assert_close(loss.detach(), torch.stack(answer_losses).mean())
     per_token = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
     assert not torch.isclose(loss.detach(), per_token, rtol=1e-3)
+
+
+def test_maskinversion_object_tokens_train_from_a_precomputed_column(parts, tmp_path):
+    """The embeddings come from the dataset (as precompute_object_embeddings writes them): nothing is inverted while
+    training, and the map from their width to the tower's trains with the projector."""
+    import datasets
+    import numpy as np
+
+    rows = datasets.load_from_disk(parts["dataset_path"])
+    rng = np.random.default_rng(0)
+    column = [[rng.standard_normal((1 + index % 3, 8)).astype(np.float32).tolist()] for index in range(len(rows))]
+    rows.add_column("object_embeddings", column).save_to_disk(str(tmp_path / "data"))
+    arguments = model_arguments(parts, use_object_tokens=True, object_features="mask_inversion", object_embedding_dim=8)
+    data = data_arguments({**parts, "dataset_path": str(tmp_path / "data")})
+    trainer = train(arguments, data, sft_config(tmp_path / "run", max_steps=4))
+    model = trainer.model
+    assert model.config.object_features == "mask_inversion" and model.model.object_embedding_map.weight.requires_grad
+    assert len(losses(trainer)) == 4 and all(np.isfinite(losses(trainer)))
+    batch = trainer.data_collator([dict(row) for row in datasets.load_from_disk(str(tmp_path / "data")).select(range(4))])
+    assert batch["object_embeddings"].shape == (4, 3, 8)
+    model.zero_grad()
+    model(**batch).loss.backward()  # the map of the embeddings learns with the projector
+    assert model.model.object_embedding_map.weight.grad.abs().sum() > 0

@@ -56,6 +56,14 @@ class DeltaLlavaModelArguments:
         default=None, metadata={"help": "Add Mask-LLaVA object tokens (False; needs masks)."}
     )
     max_object_tokens: int | None = field(default=None, metadata={"help": "Object tokens kept per image (8)."})
+    object_features: str | None = field(
+        default=None,
+        metadata={"help": "mask_pooling (the default) or mask_inversion (needs an object_embeddings column, from "
+                  "precompute_object_embeddings)."},
+    )
+    object_embedding_dim: int | None = field(
+        default=None, metadata={"help": "Width E of the MaskInversion embeddings (the tower's projection_dim)."}
+    )
     use_global_token: bool | None = field(default=None, metadata={"help": "Add the CLS feature as a global token (False)."})
     dtype: str = field(
         default="float32",

@@ -17,6 +17,7 @@ from transformers import initialization as init
 
 from delta_llava import DeltaLlavaConfig, DeltaLlavaForConditionalGeneration, convert_llava_to_delta_llava
 from delta_llava.conversion import IMAGE_TOKEN, tokenizer_with_image_token
+from delta_llava.modeling_delta_llava import PROJECTOR_MODULES
 from delta_llava.processing import DeltaLlavaProcessor
 from delta_llava.strict_loading import load_checkpoint_strictly
 
@@ -42,6 +43,8 @@ PROJECTOR_FIELDS = (
     "use_transformer_block",
     "use_object_tokens",
     "max_object_tokens",
+    "object_features",
+    "object_embedding_dim",
     "use_global_token",
 )
 CALL_TIME_FIELDS = ("num_visual_tokens", "max_object_tokens")  # a checkpoint's weights do not fix these
@@ -83,7 +86,8 @@ def build_from_towers(args: DeltaLlavaModelArguments, dtype: torch.dtype):
     language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
     model.model.language_model = language_model.model
     model.lm_head = language_model.lm_head
-    model.model.multi_modal_projector.apply(model._init_weights)
+    for part in model.model.projector_parts():
+        part.apply(model._init_weights)
     model.to(dtype)
     if len(tokenizer) > model.config.text_config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
@@ -105,7 +109,7 @@ def build_model_and_processor(args: DeltaLlavaModelArguments, compute_dtype: tor
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
-            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
+            llm_int8_skip_modules=["model.vision_tower", *(f"model.{name}" for name in PROJECTOR_MODULES), "lm_head"],
         )
         model = DeltaLlavaForConditionalGeneration.from_pretrained(
             args.model_name_or_path, quantization_config=quantization, dtype=dtype
@@ -150,9 +154,10 @@ def continue_with_checkpoint_settings(model, processor: DeltaLlavaProcessor, arg
 
 
 def set_trainable_parts(model: DeltaLlavaForConditionalGeneration, stage: str, freeze_vision_tower: bool) -> None:
-    """pretrain: only the projector trains. finetune: projector + language model (+ the tower if not frozen)."""
+    """pretrain: only the projector (and the object-embedding map, if any) trains. finetune: projector + language model (+ the tower if not frozen)."""
     model.requires_grad_(False)
-    model.model.multi_modal_projector.requires_grad_(True)
+    for part in model.model.projector_parts():
+        part.requires_grad_(True)
     if stage == "finetune":
         model.model.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
@@ -171,7 +176,7 @@ def wrap_with_lora(model: DeltaLlavaForConditionalGeneration, args: DeltaLlavaMo
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=LANGUAGE_MODEL_LINEARS,
-        modules_to_save=["multi_modal_projector"],
+        modules_to_save=[name for name in PROJECTOR_MODULES if hasattr(model.model, name)],
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora_config)

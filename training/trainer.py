@@ -7,6 +7,8 @@ import os
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
+from delta_llava.modeling_delta_llava import PROJECTOR_MODULES
+
 from .checkpoints import mark_complete
 from .length_grouped_batches import ShuffledLengthGroupedSampler
 
@@ -65,7 +67,7 @@ class DeltaLlavaSFTTrainer(SFTTrainer):
         if self.projector_learning_rate is None:
             return optimizer
         model = self.model if model is None else model
-        projector = {id(p) for name, p in model.named_parameters() if "multi_modal_projector" in name}
+        projector = {id(p) for name, p in model.named_parameters() if any(part in name for part in PROJECTOR_MODULES)}
         for group in list(optimizer.param_groups):
             moved = [p for p in group["params"] if id(p) in projector]
             if moved:
