@@ -1,6 +1,9 @@
 """MaskInversion on transformers' CLIP reproduces the reference packages (maskinversion-torch 1.1, legrad-torch 1.1)
 number for number, leaves the model as it found it, and refuses bad input."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from delta_llava.processing import DeltaLlavaProcessor, MaskInversion
+from mask_inversion_setup import EMBEDDING_WIDTH, clip_image_processor, masks_dataset, tiny_clip
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maskinversion" / "reference_example.safetensors"
 # open_clip's names (the reference's tower) -> CLIPVisionModelWithProjection's, per layer and outside the layers
@@ -208,17 +212,9 @@ def test_the_processor_inverts_the_masks_of_raw_images_for_generate():
 
 
 def test_precomputed_embeddings_are_each_images_inversion_and_come_from_the_cache(tmp_path):
-    from datasets import Dataset, Features, Image, List
-    from transformers import CLIPImageProcessor
-
-    from delta_llava.processing.object_mask_inputs import compact_mask_stack
+    from delta_llava.processing.object_mask_inputs import masks_to_model_input
     from delta_llava.processing.precompute_object_embeddings import precompute_object_embeddings
-    from delta_llava.processing.precompute_object_masks import object_masks_feature
 
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-        projection_dim=16,
-    )).eval()  # fmt: skip
     calls = []
 
     class CountingInversion(MaskInversion):
@@ -226,35 +222,35 @@ def test_precomputed_embeddings_are_each_images_inversion_and_come_from_the_cach
             calls.append(len(masks))
             return super().__call__(pixel_values, masks, return_explainability_maps)
 
+    clip, image_processor = tiny_clip(), clip_image_processor()
     inverter = CountingInversion(clip, iterations=2)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    rng = np.random.default_rng(0)
-    images, stacks = [], []
-    for count in (2, 0, 3):  # the second image has no mask at all
-        images.append([PIL_image(rng)])
-        masks = torch.zeros(count, 32, 32, dtype=torch.bool)
-        for index in range(count):
-            masks[index, 4 * index : 4 * index + 12, 2:20] = True
-        stacks.append([compact_mask_stack(masks, 8)])
-    features = Features({"images": List(Image()), "object_masks": object_masks_feature(8)})
-    dataset = Dataset.from_dict({"images": images, "object_masks": stacks}, features=features)
+    dataset = masks_dataset([2, 0, 3])  # the second image has no mask at all
     cache = str(tmp_path / "embeddings.arrow")
     result = precompute_object_embeddings(dataset, inverter, image_processor, cache_file_name=cache)
     assert calls == [2, 3]  # one inversion per image with masks, all its masks at once
-    shapes = [np.asarray(row[0]).shape for row in result["object_embeddings"]]
-    assert shapes == [(2, 16), (0,), (3, 16)] or shapes == [(2, 16), (0, 16), (3, 16)]
-    pixel_values = image_processor(images[2][0], return_tensors="pt")["pixel_values"]
-    from delta_llava.processing.object_mask_inputs import masks_to_model_input
-
-    expected = MaskInversion(clip, iterations=2)(pixel_values, masks_to_model_input([stacks[2][0]], 32)[0, :3])
-    torch.testing.assert_close(torch.tensor(np.asarray(result["object_embeddings"][2][0]), dtype=torch.float32), expected.float())
+    assert [np.asarray(row[0]).reshape(-1, EMBEDDING_WIDTH).shape for row in result["object_embeddings"]] == [
+        (2, EMBEDDING_WIDTH), (0, EMBEDDING_WIDTH), (3, EMBEDDING_WIDTH)
+    ]  # fmt: skip
+    pixel_values = image_processor(dataset[2]["images"][0], return_tensors="pt")["pixel_values"]
+    masks = masks_to_model_input([np.asarray(dataset[2]["object_masks"][0], dtype=np.uint8)], pixel_values.shape[-1])
+    expected = MaskInversion(clip, iterations=2)(pixel_values, masks[0, :3])
+    stored = torch.tensor(np.asarray(result["object_embeddings"][2][0]), dtype=torch.float32)
+    torch.testing.assert_close(stored, expected.float())
     precompute_object_embeddings(dataset, inverter, image_processor, cache_file_name=cache)
     assert calls == [2, 3]  # the second run read the cache
     with pytest.raises(ValueError, match="Run `precompute_object_masks` first"):
         precompute_object_embeddings(dataset.remove_columns("object_masks"), inverter, image_processor)
 
 
-def PIL_image(rng):
-    import PIL.Image
+def test_a_killed_precompute_leaves_no_cache_and_a_rerun_computes_every_row(tmp_path):
+    from delta_llava.processing.precompute_object_embeddings import precompute_object_embeddings
 
-    return PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    cache = tmp_path / "embeddings.arrow"
+    script = Path(__file__).with_name("killed_precompute_script.py")
+    run = subprocess.run([sys.executable, str(script), str(cache)], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})  # fmt: skip
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert not cache.exists()  # datasets writes a temporary file and renames it only when the map completes
+    result = precompute_object_embeddings(masks_dataset([2, 1, 3, 2]), MaskInversion(tiny_clip(), iterations=1),
+                                          clip_image_processor(), batch_size=1, cache_file_name=str(cache))  # fmt: skip
+    assert cache.exists() and [np.asarray(row[0]).shape[0] for row in result["object_embeddings"]] == [2, 1, 3, 2]
