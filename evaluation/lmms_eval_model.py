@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from ..processing.mask_inversion import MaskInversion
 from ..processing.object_masks import ObjectMaskExtractor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -90,7 +91,7 @@ class DeltaLlavaLmms(lmms):
         self.processor.tokenizer.padding_side = "left"  # generation continues every row right after its prompt
         self.num_visual_tokens = num_visual_tokens
         self.max_object_tokens = max_object_tokens
-        self.mask_extractor = None
+        self.mask_extractor = self.mask_inverter = None
         if object_detector is not None:
             if not self.processor.use_object_tokens:
                 raise ValueError(
@@ -98,6 +99,8 @@ class DeltaLlavaLmms(lmms):
                     "Drop object_detector and segmenter from --model_args."
                 )
             self.mask_extractor = ObjectMaskExtractor.from_pretrained(object_detector, segmenter, device=self.device)
+            if self.model.config.object_features == "mask_inversion":  # the masks' MaskInversion embeddings
+                self.mask_inverter = MaskInversion.from_config(self.model.config, device=self.device)
         elif self.processor.use_object_tokens and max_object_tokens != 0:
             raise ValueError(
                 f"{pretrained} uses object tokens but no masks would be computed. Pass object_detector=<id or folder> "
@@ -138,6 +141,7 @@ class DeltaLlavaLmms(lmms):
             num_visual_tokens=self.num_visual_tokens,
             max_object_tokens=self.max_object_tokens,
             object_mask_extractor=self.mask_extractor,  # None: no object masks
+            object_mask_inverter=self.mask_inverter,  # None: the model pools its object tokens from the masks
             padding=True,
             return_tensors="pt",
         ).to(self.device, dtype=self.model.dtype)

@@ -85,11 +85,27 @@ class MaskInversion:
         self.first_layer = layer_index % depth
         self.iterations, self.lr, self.alpha, self.weight_decay = iterations, lr, alpha, weight_decay
 
+    @classmethod
+    def from_config(cls, config, device: str | torch.device | None = None) -> "MaskInversion":
+        """The inverter a Delta-LLaVA config with `object_features="mask_inversion"` was trained with: the CLIP tower
+        of `config.mask_inversion["source"]` (a Hub id or folder) and the recorded settings."""
+        settings = dict(getattr(config, "mask_inversion", None) or {})
+        source = settings.pop("source", None)
+        if getattr(config, "object_features", None) != "mask_inversion" or source is None:
+            raise ValueError(
+                "This config has no MaskInversion object features to reproduce: it needs "
+                "object_features='mask_inversion' and mask_inversion['source'] naming the CLIP checkpoint (e.g. "
+                "'openai/clip-vit-large-patch14-336'); set `config.mask_inversion['source']` and save the model again."
+            )
+        tower = CLIPVisionModelWithProjection.from_pretrained(source)
+        return cls(tower.to(device) if device is not None else tower, **settings)
+
     def __call__(
         self, pixel_values: torch.Tensor, masks: torch.Tensor, return_explainability_maps: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         masks = self.check_inputs(pixel_values, masks)
-        with self.prepared_model(), torch.enable_grad():
+        with self.prepared_model():
+            pixel_values, masks = pixel_values.clone(), masks.clone()  # ordinary tensors, even from inference mode
             tower = self.forward_copies(pixel_values, len(masks))
             image_embeddings = tower.image_embeds.detach()  # (N, E), one per copy of the image
             embeddings = image_embeddings.clone().requires_grad_(True)
@@ -111,9 +127,9 @@ class MaskInversion:
             raise ValueError(
                 f"embeddings must be (N, {self.model.config.projection_dim}), one per map; got {tuple(embeddings.shape)}."
             )
-        with self.prepared_model(), torch.enable_grad():
-            tower = self.forward_copies(pixel_values, len(embeddings))
-            directions = F.normalize(embeddings.to(self.model.device, self.model.dtype), dim=-1)
+        with self.prepared_model():
+            tower = self.forward_copies(pixel_values.clone(), len(embeddings))
+            directions = F.normalize(embeddings.clone().to(self.model.device, self.model.dtype), dim=-1)
             return self.legrad(tower, directions).detach()
 
     def forward_copies(self, pixel_values: torch.Tensor, count: int) -> "TowerRecord":
@@ -187,15 +203,17 @@ class MaskInversion:
 
     @contextmanager
     def prepared_model(self):
-        """Eager attention (its probabilities are what LeGrad differentiates), eval mode and frozen parameters for the
-        duration of a call; the model's own settings are restored after, even on an error."""
+        """Autograd on (also inside `torch.no_grad` / `torch.inference_mode`, e.g. an evaluation loop), eager attention
+        (its probabilities are what LeGrad differentiates), eval mode and frozen parameters for the duration of a
+        call; the model's own settings are restored after, even on an error."""
         model = self.model
         attention, training = model.config._attn_implementation, model.training
         flags = [parameter.requires_grad for parameter in model.parameters()]
         model.set_attn_implementation("eager")
         model.eval().requires_grad_(False)
         try:
-            yield
+            with torch.inference_mode(False), torch.enable_grad():
+                yield
         finally:
             model.set_attn_implementation(attention)
             model.train(training)

@@ -245,6 +245,46 @@ def test_object_masks_are_computed_on_the_fly_for_a_mask_checkpoint(setup, objec
     assert answers == reference
 
 
+def test_a_maskinversion_checkpoint_inverts_the_masks_it_extracts(setup, object_token_setup, tmp_path):
+    from mask_inversion_setup import tiny_clip
+
+    from delta_llava.processing import MaskInversion
+    from delta_llava.training.model_builder import build_model_and_processor
+
+    clip = tiny_clip()  # its image size is the tiny tower's (32 px), so it reads the processor's pixel values
+    clip.save_pretrained(tmp_path / "clip")
+    arguments = model_arguments(setup.parts, use_object_tokens=True, object_features="mask_inversion", object_embedding_dim=16)
+    model, processor = build_model_and_processor(arguments)
+    model.config.mask_inversion = {**model.config.mask_inversion, "source": str(tmp_path / "clip"), "iterations": 2}
+    model.save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+
+    evaluated = DeltaLlavaLmms(
+        pretrained=str(tmp_path / "checkpoint"), num_visual_tokens=4, max_object_tokens=3, device="cpu", batch_size=2,
+        object_detector=str(object_token_setup.detector), segmenter=str(object_token_setup.segmenter),
+    )  # fmt: skip
+    assert isinstance(evaluated.mask_inverter, MaskInversion) and evaluated.mask_inverter.iterations == 2
+    questions = setup.questions.select(range(2))
+    requests, evaluated.task_dict = requests_for(questions, [{"max_new_tokens": 3, "until": []}] * len(questions))
+    answers = evaluated.generate_until(requests)
+
+    extractor = ObjectMaskExtractor.from_pretrained(str(object_token_setup.detector), str(object_token_setup.segmenter))
+    inverter = MaskInversion(clip, iterations=2)
+    for row, answer in zip(questions, answers):
+        masks = [found.masks for found in extractor(row["images"])]
+        prompt = evaluated.processor.apply_chat_template(row["messages"][:1], add_generation_prompt=True)
+        inputs = evaluated.processor(images=[row["images"]], text=[prompt], num_visual_tokens=4, object_masks=masks,
+                                     max_object_tokens=3, object_mask_inverter=inverter)  # fmt: skip
+        assert "object_embeddings" in inputs and "object_masks" not in inputs
+        output = evaluated.model.generate(**inputs, max_new_tokens=3)
+        expected = evaluated.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert answer == expected.strip()
+    unnamed = model.config
+    unnamed.mask_inversion = {**unnamed.mask_inversion, "source": None}
+    with pytest.raises(ValueError, match=r"mask_inversion\['source'\] naming the CLIP checkpoint"):
+        MaskInversion.from_config(unnamed)
+
+
 def test_bad_model_args_name_the_fix(setup, object_token_setup):
     with pytest.raises(TypeError, match="Unknown --model_args for delta_llava: \\['num_visual_token'\\]"):
         DeltaLlavaLmms(pretrained=str(setup.checkpoint), num_visual_token=4)
