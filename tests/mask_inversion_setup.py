@@ -12,11 +12,11 @@ from delta_llava.processing.precompute_object_masks import object_masks_feature
 SIDE, MASK_SIZE, EMBEDDING_WIDTH = 32, 8, 16
 
 
-def tiny_clip() -> CLIPVisionModelWithProjection:
+def tiny_clip(image_size: int = SIDE) -> CLIPVisionModelWithProjection:
     torch.manual_seed(0)
     config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIDE, patch_size=8,
-        projection_dim=EMBEDDING_WIDTH,
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+        patch_size=8, projection_dim=EMBEDDING_WIDTH,
     )  # fmt: skip
     return CLIPVisionModelWithProjection(config).eval()
 

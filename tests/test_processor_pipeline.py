@@ -118,3 +118,36 @@ def test_processor_and_model_agree_on_every_budget(budget):
     with torch.no_grad():
         logits = model(**inputs, num_visual_tokens=budget).logits
     assert logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_pipeline_brings_masks_and_an_inverter_to_a_maskinversion_model(tmp_path):
+    from mask_inversion_setup import EMBEDDING_WIDTH, tiny_clip
+
+    from delta_llava.processing import MaskInversion
+
+    settings = {"use_object_tokens": True}
+    model, processor = tiny_model_and_processor(**settings)
+    model = DeltaLlavaForConditionalGeneration(
+        tiny_config(text_config=model.config.text_config.to_dict(), image_token_id=model.config.image_token_id,
+                    object_features="mask_inversion", object_embedding_dim=EMBEDDING_WIDTH, **settings)
+    ).eval()  # fmt: skip
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    chat = pipeline("image-text-to-text", model=str(tmp_path), trust_remote_code=True)
+    astronaut, _ = photos()
+    masks = np.zeros((2, *astronaut.size[::-1]), dtype=bool)
+    masks[0, 100:300, 100:300], masks[1, 250:, :] = True, True
+    messages = [{"role": "user", "content": [{"type": "image", "image": astronaut}, {"type": "text", "text": "describe it"}]}]
+    inverted = []
+
+    class RecordingInversion(MaskInversion):
+        def __call__(self, pixel_values, masks, return_explainability_maps=False):
+            inverted.append(len(masks))
+            return super().__call__(pixel_values, masks, return_explainability_maps)
+
+    inverter = RecordingInversion(tiny_clip(image_size=model.config.vision_config.image_size), iterations=1)
+    reply = chat(
+        text=messages, max_new_tokens=3, return_full_text=False, generate_kwargs={"do_sample": False},
+        processor_kwargs={"object_masks": [masks], "object_mask_inverter": inverter},
+    )  # fmt: skip
+    assert isinstance(reply[0]["generated_text"], str) and inverted == [2]  # the image's two masks, inverted once
