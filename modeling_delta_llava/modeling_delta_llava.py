@@ -239,7 +239,7 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
                 f"object_embeddings were given but this model pools its object tokens from masks "
                 f"(object_features={method!r}): pass object_masks instead."
             )
-        if object_masks is not None and method == "mask_inversion" and self.config.use_object_tokens:
+        if object_masks is not None and method == "mask_inversion":
             raise ValueError(
                 "This model's object tokens are MaskInversion embeddings (object_features='mask_inversion'): pass "
                 "object_embeddings (I, K, E), e.g. from the processor called with the masks and "

@@ -19,12 +19,12 @@ from functools import partial
 
 import numpy as np
 import torch
-from datasets import Array2D, Dataset, DatasetDict, List, load_from_disk
+from datasets import Array2D, Dataset, List, load_from_disk
 from transformers import AutoImageProcessor, CLIPVisionModelWithProjection, HfArgumentParser
 
 from .mask_inversion import MaskInversion
 from .object_mask_inputs import count_valid_masks, masks_to_model_input
-from .precompute_object_masks import OBJECT_MASKS_COLUMN
+from .precompute_object_masks import OBJECT_MASKS_COLUMN, add_cached_column, add_model_digest, run_on_splits
 
 OBJECT_EMBEDDINGS_COLUMN = "object_embeddings"
 
@@ -54,17 +54,14 @@ def precompute_object_embeddings(
             f"The dataset has no column(s) {missing} (columns: {dataset.column_names}). Run "
             "`precompute_object_masks` first, and pass `image_column` naming the column of each row's images."
         )
-    width = inverter.model.config.projection_dim
-    features = dataset.features.copy()
-    features[OBJECT_EMBEDDINGS_COLUMN] = List(Array2D(shape=(None, width), dtype="float32"))
-    cache_key = [dataset._fingerprint, inverter_fingerprint(inverter), image_processor.to_json_string(), image_column]
-    return dataset.map(
+    return add_cached_column(
+        dataset,
         partial(_invert_batch, inverter=inverter, image_processor=image_processor, image_column=image_column),
-        batched=True,
+        OBJECT_EMBEDDINGS_COLUMN,
+        List(Array2D(shape=(None, inverter.model.config.projection_dim), dtype="float32")),
+        cache_key=[inverter_fingerprint(inverter), image_processor.to_json_string(), image_column],
         batch_size=batch_size,
-        features=features,
         cache_file_name=cache_file_name,
-        new_fingerprint=hashlib.blake2b("/".join(cache_key).encode(), digest_size=16).hexdigest(),
         desc="Inverting object masks",
     )
 
@@ -93,10 +90,7 @@ def _invert_batch(batch: dict, inverter: MaskInversion, image_processor, image_c
 def inverter_fingerprint(inverter: MaskInversion) -> str:
     """Digest of everything that decides the embeddings: the tower's config and weights, and the settings."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(inverter.model.config.to_json_string().encode())
-    for name, tensor in inverter.model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    add_model_digest(digest, inverter.model)
     settings = (inverter.first_layer, inverter.iterations, inverter.lr, inverter.alpha, inverter.weight_decay)
     digest.update(repr(settings).encode())
     return digest.hexdigest()
@@ -137,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         image_column=args.image_column,
         batch_size=args.batch_size,
     )
-    result = DatasetDict({name: run(split) for name, split in dataset.items()}) if isinstance(dataset, DatasetDict) else run(dataset)
-    result.save_to_disk(args.output_dir)
+    run_on_splits(dataset, run).save_to_disk(args.output_dir)
 
 
 if __name__ == "__main__":

@@ -71,18 +71,46 @@ def precompute_object_masks(
     check_mask_size(mask_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    features = dataset.features.copy()
-    features[OBJECT_MASKS_COLUMN] = object_masks_feature(mask_size)
-    cache_key = [dataset._fingerprint, _extractor_fingerprint(extractor), str(mask_size), image_column]
-    return dataset.map(
+    return add_cached_column(
+        dataset,
         partial(_extract_batch, extractor=extractor, mask_size=mask_size, image_column=image_column),
-        batched=True,
+        OBJECT_MASKS_COLUMN,
+        object_masks_feature(mask_size),
+        cache_key=[_extractor_fingerprint(extractor), str(mask_size), image_column],
         batch_size=batch_size,
-        features=features,
         cache_file_name=cache_file_name,
-        new_fingerprint=hashlib.blake2b("/".join(cache_key).encode(), digest_size=16).hexdigest(),
         desc="Extracting object masks",
     )
+
+
+def add_cached_column(
+    dataset: Dataset, batch_function, column: str, feature, cache_key: list[str], batch_size: int,
+    cache_file_name: str | None, desc: str,
+) -> Dataset:
+    """`dataset.map(batch_function, batched=True)` adding `column`, cached under a fingerprint of the dataset's and
+    `cache_key` (what decides the column's values), with a progress bar named `desc`."""
+    features = dataset.features.copy()
+    features[column] = feature
+    fingerprint = hashlib.blake2b("/".join([dataset._fingerprint, *cache_key]).encode(), digest_size=16).hexdigest()
+    return dataset.map(
+        batch_function, batched=True, batch_size=batch_size, features=features, cache_file_name=cache_file_name,
+        new_fingerprint=fingerprint, desc=desc,
+    )  # fmt: skip
+
+
+def add_model_digest(digest, model) -> None:
+    """Feeds `model`'s config and every weight (names, dtypes, shapes, bytes) to a hashlib `digest`."""
+    digest.update(model.config.to_json_string().encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def run_on_splits(dataset: Dataset | DatasetDict, run) -> Dataset | DatasetDict:
+    """`run(dataset)`, or `run` on every split of a DatasetDict."""
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict({split: run(split_dataset) for split, split_dataset in dataset.items()})
+    return run(dataset)
 
 
 def _extract_batch(batch: dict, extractor: ObjectMaskExtractor, mask_size: int, image_column: str) -> dict:
@@ -108,10 +136,7 @@ def _extractor_fingerprint(extractor: ObjectMaskExtractor) -> str:
     """Digest of everything that decides the masks: model configs and weights, processor settings, thresholds."""
     digest = hashlib.blake2b(digest_size=16)
     for model in (extractor.detector, extractor.segmenter):
-        digest.update(model.config.to_json_string().encode())
-        for name, tensor in model.state_dict().items():
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        add_model_digest(digest, model)
     for processor in (extractor.detector_processor, extractor.segmenter_processor):
         digest.update(processor.to_json_string().encode())
     digest.update(f"{extractor.score_threshold}/{extractor.top_k}".encode())
@@ -157,11 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         image_column=args.image_column,
         batch_size=args.batch_size,
     )
-    if isinstance(dataset, DatasetDict):
-        result = DatasetDict({split: run(split_dataset) for split, split_dataset in dataset.items()})
-    else:
-        result = run(dataset)
-    result.save_to_disk(args.output_dir)
+    run_on_splits(dataset, run).save_to_disk(args.output_dir)
 
 
 if __name__ == "__main__":

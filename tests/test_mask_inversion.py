@@ -192,10 +192,7 @@ def test_the_processor_inverts_the_masks_of_raw_images_for_generate():
     tokenizer = build_word_level_tokenizer(["what", "is", "it"])
     torch.manual_seed(0)
     model = DeltaLlavaForConditionalGeneration(inversion_config(image_token_id=tokenizer.image_token_id)).eval()
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=48, patch_size=8,
-        projection_dim=16,
-    )).eval()  # fmt: skip
+    clip = tiny_clip(image_size=48)  # the tiny Delta-LLaVA tower's image size
     inverter = MaskInversion(clip, iterations=2)
     processor_images = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
     processor = DeltaLlavaProcessor(processor_images, tokenizer, num_visual_tokens=16, use_object_tokens=True, mask_size=24)
