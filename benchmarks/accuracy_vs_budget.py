@@ -28,7 +28,13 @@ tower's features cached, for the same `--max_steps`, batch, learning rate and sc
 - objects (shared_base): Mask-LLaVA object tokens on a Delta checkpoint at `--object_budget`. The synthetic set has no masks, so
   they are built from the scene layout: each non-empty grid cell's box is one object mask, objects ordered by their
   drawn (non-background) pixel count, largest first (ties: reading order), then the background (the empty cells).
-  Trained with every mask kept, then evaluated keeping k = all, half, a quarter and none of them.
+  Trained with every mask kept, then evaluated keeping k = all, half, a quarter and none of them. The object features
+  are mask pooling (the patch features averaged under each mask);
+- objects_inversion: the same with Mask-LLaVA's MaskInversion features (`processing.MaskInversion`, default settings:
+  the last layer's LeGrad map, 10 AdamW steps at lr 0.5), precomputed once per scene. The warmed-up tower has no
+  projection head, so it is given an identity one: `CLIPVisionModelWithProjection` with the tower's weights and
+  `visual_projection` = the 64x64 identity, i.e. the embeddings live in the tower's own width and LeGrad's similarity
+  is the cosine between an embedding and the tower's post-layernorm class token at the summed layer(s).
 
 Seeds (`--seeds`) apply to the row groups in `--seeded_rows` (default delta mlp ablations, whose differences are the
 small ones); the other groups run with the first seed. Every row records its wall time (its checkpoint's training
@@ -53,6 +59,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,6 +70,8 @@ import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from datasets import Array2D, List  # noqa: E402
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 from trl import SFTConfig  # noqa: E402
 
 matplotlib.use("Agg")
@@ -71,9 +80,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import measure  # noqa: E402
 from delta_llava.configuration_delta_llava import allowed_visual_token_counts  # noqa: E402
 from delta_llava.processing.object_mask_inputs import append_background_mask, compact_mask_stack  # noqa: E402
+from delta_llava.processing.mask_inversion import MaskInversion  # noqa: E402
+from delta_llava.processing.precompute_object_embeddings import (  # noqa: E402
+    OBJECT_EMBEDDINGS_COLUMN,
+    precompute_object_embeddings,
+)
 from delta_llava.processing.precompute_object_masks import OBJECT_MASKS_COLUMN, object_masks_feature  # noqa: E402
 from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments  # noqa: E402
 from delta_llava.training.evaluate_vqa import evaluate_budget  # noqa: E402
+from delta_llava.training.object_mask_collator import OBJECT_COLUMNS  # noqa: E402
 from delta_llava.training.quickstart import (  # noqa: E402
     small_projector,
     QuickStartArguments,
@@ -88,7 +103,8 @@ from delta_llava.training.vision_feature_cache import cached_vision_tower  # noq
 from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
 
 QUICK_START = QuickStartArguments()  # every training setting defaults to the quick start's
-ROW_GROUPS = ("delta", "official", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects")
+ROW_GROUPS = ("delta", "official", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects", "objects_inversion")
+OBJECT_ROWS = {"objects": "objects", "objects_inversion": "objects MaskInversion"}  # group -> series label
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
 SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
 ABLATIONS = {
@@ -151,6 +167,39 @@ def with_object_masks(dataset: datasets.Dataset, mask_size: int) -> datasets.Dat
         return {OBJECT_MASKS_COLUMN: [np.asarray(stack)]}
 
     return dataset.map(add_masks, features=features, desc="object masks from the scene layout")
+
+
+def tower_with_identity_projection(tower_folder: Path, output_folder: Path) -> CLIPVisionModelWithProjection:
+    """The warmed-up tower as a `CLIPVisionModelWithProjection` whose projection is the identity (projection_dim =
+    the tower's width), saved to `output_folder`: MaskInversion's joint space is then the tower's own."""
+    width = CLIPVisionConfig.from_pretrained(tower_folder).hidden_size
+    with_projection, loading = CLIPVisionModelWithProjection.from_pretrained(
+        tower_folder, projection_dim=width, output_loading_info=True
+    )
+    if set(loading["missing_keys"]) != {"visual_projection.weight"} or loading["unexpected_keys"]:
+        raise RuntimeError(f"The tower in {tower_folder} did not load whole into the projection model: {loading}")
+    config = with_projection.config
+    with torch.no_grad():
+        with_projection.visual_projection.weight.copy_(torch.eye(config.hidden_size))
+    with_projection.eval().save_pretrained(output_folder)
+    return with_projection
+
+
+def with_object_embeddings(dataset: datasets.Dataset, inverter, image_processor, rows_per_scene: int) -> datasets.Dataset:
+    """`dataset` (with `object_masks`) with the masks replaced by their MaskInversion embeddings, as
+    `precompute_object_embeddings` writes them, inverted once per scene: `rows_per_scene` consecutive rows share one
+    scene (the training set asks two questions per scene)."""
+    scenes = dataset.select(range(0, len(dataset), rows_per_scene))
+    embeddings = precompute_object_embeddings(scenes, inverter, image_processor)[OBJECT_EMBEDDINGS_COLUMN]
+    features = dataset.features.copy()
+    del features[OBJECT_MASKS_COLUMN]
+    features[OBJECT_EMBEDDINGS_COLUMN] = List(Array2D(shape=(None, inverter.model.config.projection_dim), dtype="float32"))
+    return dataset.remove_columns(OBJECT_MASKS_COLUMN).map(
+        lambda row, index: {OBJECT_EMBEDDINGS_COLUMN: embeddings[index // rows_per_scene]},
+        with_indices=True,
+        features=features,
+        desc="MaskInversion embeddings per row",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -221,8 +270,9 @@ def object_token_counts(max_masks: int) -> dict[str, int]:
     return {"all": max_masks, "half": math.ceil(max_masks / 2), "quarter": math.ceil(max_masks / 4), "none": 0}
 
 
-def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
-    """Every training run, row groups in the order of `--rows`; the first run is the time estimate's base."""
+def plan_jobs(args, grid: dict, max_masks: int, inversion_width: int | None = None) -> list[Job]:
+    """Every training run, row groups in the order of `--rows`; the first run is the time estimate's base.
+    `inversion_width`: the MaskInversion embeddings' width E (objects_inversion rows)."""
     jobs = []
     budgets = grid["budgets"]
 
@@ -257,12 +307,15 @@ def plan_jobs(args, grid: dict, max_masks: int) -> list[Job]:
                     Job(group, f"elastic_s{seed}", "delta", max(budgets), seed,
                         [Evaluation("elastic", budget) for budget in budgets], elastic_budgets=list(budgets))
                 )
-            elif group == "objects":
+            elif group in OBJECT_ROWS:
                 budget = grid["object_budget"]
                 counts = object_token_counts(max_masks)
-                evaluations = [Evaluation("objects", budget, k, name) for name, k in counts.items()]
+                evaluations = [Evaluation(OBJECT_ROWS[group], budget, k, name) for name, k in counts.items()]
+                overrides = {}
+                if group == "objects_inversion":
+                    overrides = {"object_features": "mask_inversion", "object_embedding_dim": inversion_width}
                 jobs.append(
-                    Job(group, f"objects_b{budget}_s{seed}", "delta", budget, seed, evaluations,
+                    Job(group, f"{group}_b{budget}_s{seed}", "delta", budget, seed, evaluations, overrides=overrides,
                         use_object_tokens=True, max_object_tokens=max_masks)
                 )
     return jobs
@@ -287,13 +340,13 @@ def build_shared(args, grid: dict, work: Path) -> dict:
     train_set.save_to_disk(str(work / "data" / "train"))
     lap("synthetic data")
 
-    max_masks, object_test_set = 0, None
-    if "objects" in args.rows:
+    max_masks, object_test_sets = 0, {}
+    if set(OBJECT_ROWS) & set(args.rows):
         mask_size = grid["patch_grid"]  # the model pools masks onto the patch grid; the processor resizes them
         train_objects = with_object_masks(train_set, mask_size)
         train_objects.save_to_disk(str(work / "data" / "train_objects"))
-        object_test_set = with_object_masks(test_set, mask_size)
-        stacks = [*train_objects["object_masks"], *object_test_set["object_masks"]]
+        object_test_sets["objects"] = with_object_masks(test_set, mask_size)
+        stacks = [*train_objects["object_masks"], *object_test_sets["objects"]["object_masks"]]
         max_masks = max(len(image_stacks[0]) for image_stacks in stacks)
         lap("object masks")
 
@@ -312,6 +365,15 @@ def build_shared(args, grid: dict, work: Path) -> dict:
     )
     warmup_losses = build_vision_tower(work / "vision_tower", tower_args, train_set)
     lap("vision tower warm-up")
+    inversion_width = None
+    if "objects_inversion" in args.rows:
+        inverter = MaskInversion(tower_with_identity_projection(work / "vision_tower", work / "inversion_tower"))
+        image_processor = CLIPImageProcessorPil.from_pretrained(work / "vision_tower")
+        inversion_width = inverter.model.config.projection_dim
+        with_embeddings = partial(with_object_embeddings, inverter=inverter, image_processor=image_processor)
+        with_embeddings(train_objects, rows_per_scene=2).save_to_disk(str(work / "data" / "train_objects_inversion"))
+        object_test_sets["objects_inversion"] = with_embeddings(object_test_sets["objects"], rows_per_scene=1)
+        lap("MaskInversion embeddings")
     tail = warmup_losses[-20:]
     text_tokens = statistics.fmean(
         len(split_words(question_text(messages))) + len(split_words(answer)) + TEMPLATE_TOKENS
@@ -320,8 +382,9 @@ def build_shared(args, grid: dict, work: Path) -> dict:
     return {
         "work": work,
         "test_set": test_set,
-        "object_test_set": object_test_set,
+        "object_test_sets": object_test_sets,
         "max_masks": max_masks,
+        "inversion_width": inversion_width,
         "majority": majority_baseline(test_set),
         "timings_s": timings,
         "warmup_final_loss": sum(tail) / max(len(tail), 1),
@@ -362,7 +425,7 @@ def training_config(args, job: Job, work: Path) -> SFTConfig:
 def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
     """Trains one checkpoint and evaluates it; returns its record and one row per evaluation."""
     work = shared["work"]
-    data = work / "data" / ("train_objects" if job.use_object_tokens else "train")
+    data = work / "data" / {"objects": "train_objects", "objects_inversion": "train_objects_inversion"}.get(job.group, "train")
     started = time.time()
     data_args = DeltaLlavaDataArguments(dataset_path=str(data))
     trainer = train(model_arguments(job, work), data_args, training_config(args, job, work))
@@ -384,7 +447,8 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
         "path": str(Path(trainer.args.output_dir)),
     }
-    test_set = shared["object_test_set"] if job.use_object_tokens else shared["test_set"]
+    test_set = shared["object_test_sets"].get(job.group, shared["test_set"])
+    object_column = next((name for name in OBJECT_COLUMNS if name in test_set.column_names), None)
     majority = shared["majority"]
     rows = []
     with cached_vision_tower(model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
@@ -396,7 +460,7 @@ def run_job(args, job: Job, shared: dict) -> tuple[dict, list[dict]]:
             tokens, object_tokens = evaluation.budget, None
             if evaluation.max_object_tokens is not None:
                 object_tokens = statistics.fmean(
-                    min(len(stacks[0]), evaluation.max_object_tokens) for stacks in test_set["object_masks"]
+                    min(len(stacks[0]), evaluation.max_object_tokens) for stacks in test_set[object_column]
                 )
                 tokens = evaluation.budget + object_tokens
             eval_s = time.time() - eval_started
@@ -571,6 +635,7 @@ SERIES_STYLE = {
     "elastic": {"color": "C0", "marker": "o", "linestyle": "--", "markerfacecolor": "white"},
     "mlp": {"color": "C3", "marker": "*", "linestyle": "none", "markersize": 12},
     "objects": {"color": "C4", "marker": "D", "linestyle": ":"},
+    "objects MaskInversion": {"color": "C9", "marker": "d", "linestyle": "--"},
     "no EMHSA": {"color": "C5", "marker": "v", "linestyle": "none"},
     "no DeltaProjection": {"color": "C6", "marker": "<", "linestyle": "none"},
     "no transformer block": {"color": "C7", "marker": ">", "linestyle": "none"},
@@ -589,7 +654,7 @@ def draw_series(axis, summary: list[dict], question_type: str, with_labels: bool
         if not points:
             continue
         name = LEGEND_NAMES.get(label, label)
-        if label == "objects":
+        if label in OBJECT_ROWS.values():
             name = f"{label} (k = all ... none, x = {points[0]['budget']} + object tokens)"
         axis.errorbar(
             [e["tokens"] * X_NUDGE.get(label, 1.0) for e in points],
@@ -685,7 +750,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     work = Path(args.output_dir)
     shared = build_shared(args, grid, work)
-    jobs = plan_jobs(args, grid, shared["max_masks"])
+    jobs = plan_jobs(args, grid, shared["max_masks"], shared["inversion_width"])
     print(f"{len(jobs)} training runs, {sum(len(j.evaluations) for j in jobs)} evaluations", flush=True)
 
     finished, estimate = {}, None

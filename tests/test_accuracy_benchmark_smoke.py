@@ -5,9 +5,11 @@ import math
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from delta_llava.processing.precompute_object_masks import object_masks_feature
 from delta_llava.training.synthetic_vqa import (
@@ -90,7 +92,7 @@ def tiny_run(tmp_path_factory):
     try:
         payload = benchmark.main(
             [
-                "--rows", "delta", "objects",
+                "--rows", "delta", "objects", "objects_inversion",
                 "--budgets", "4",
                 "--seeds", "0",
                 "--train_samples", "40",
@@ -126,7 +128,7 @@ def test_tiny_run_writes_the_json_and_plot(tiny_run):
 def test_tiny_run_rows(tiny_run):
     _, payload = tiny_run
     rows = payload["rows"]
-    assert sorted(c["name"] for c in payload["checkpoints"]) == ["delta_b4_s0", "objects_b4_s0"]
+    assert sorted(c["name"] for c in payload["checkpoints"]) == ["delta_b4_s0", "objects_b4_s0", "objects_inversion_b4_s0"]
     assert all(c["max_steps"] == 3 for c in payload["checkpoints"])
     types = {"attribute", "position", "count", "existence", "text", "caption", "overall"}
     for row in rows:
@@ -135,7 +137,8 @@ def test_tiny_run_rows(tiny_run):
         assert isinstance(row["learned"], bool)
         assert row["learned"] == (row["accuracy"]["overall"] > row["majority"]["overall"] + 0.05)
         assert row["wall_s"] >= row["train_s"] > 0 and row["eval_s"] > 0
-    delta, *objects = rows
+    delta, *object_rows = rows
+    objects, inverted = object_rows[:4], object_rows[4:]
     assert (delta["label"], delta["budget"], delta["max_object_tokens"]) == ("delta", 4, None)
     max_masks = payload["settings"]["max_object_masks"]
     kept = [max_masks, math.ceil(max_masks / 2), math.ceil(max_masks / 4), 0]
@@ -143,6 +146,25 @@ def test_tiny_run_rows(tiny_run):
     assert [r["object_tokens_kept"] for r in objects] == ["all", "half", "quarter", "none"]
     assert objects[-1]["tokens"] == 4 and objects[0]["tokens"] > objects[1]["tokens"] > 4
     assert {r["checkpoint"] for r in objects} == {"objects_b4_s0"}
+    # the MaskInversion rows: same masks, so the same token counts, from their own checkpoint
+    assert [r["tokens"] for r in inverted] == [r["tokens"] for r in objects]
+    assert {(r["checkpoint"], r["label"]) for r in inverted} == {("objects_inversion_b4_s0", "objects MaskInversion")}
     summary = payload["summary"]
-    assert len(summary) == 5 and all(entry["accuracy"]["overall"]["std"] == 0.0 for entry in summary)
-    assert payload["estimate"]["training_runs"] == 2 and payload["estimate"]["evaluations"] == 5
+    assert len(summary) == 9 and all(entry["accuracy"]["overall"]["std"] == 0.0 for entry in summary)
+    assert payload["estimate"]["training_runs"] == 3 and payload["estimate"]["evaluations"] == 9
+
+
+def test_tiny_run_inversion_checkpoint_reads_embeddings(tiny_run):
+    """The MaskInversion row trains on the precomputed embeddings (the tower's width, identity projection)."""
+    root, payload = tiny_run
+    (record,) = [c for c in payload["checkpoints"] if c["name"] == "objects_inversion_b4_s0"]
+    config = json.loads((Path(record["path"]) / "config.json").read_text())
+    assert config["object_features"] == "mask_inversion" and config["object_embedding_dim"] == 64
+    train = datasets.load_from_disk(str(root / "work" / "data" / "train_objects_inversion"))
+    assert "object_masks" not in train.column_names
+    masks = datasets.load_from_disk(str(root / "work" / "data" / "train_objects"))["object_masks"]
+    embeddings = train["object_embeddings"]
+    assert [len(stacks[0]) for stacks in embeddings] == [len(stacks[0]) for stacks in masks]
+    assert embeddings[0][0] == embeddings[1][0]  # two questions per scene share one inversion
+    tower = transformers.CLIPVisionModelWithProjection.from_pretrained(root / "work" / "inversion_tower")
+    assert torch.equal(tower.visual_projection.weight, torch.eye(64))

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .object_mask_collator import OBJECT_COLUMNS
 from .vqa_metrics import score_predictions
 
 
@@ -27,7 +28,8 @@ def generate_answers(
 ) -> list[str]:
     """
     Greedy answers for every row of an `images` + `messages` dataset, in order. With an `object_masks` column (per
-    row, one mask stack per image) the images also get up to `max_object_tokens` object tokens (default: the
+    row, one mask stack per image) or an `object_embeddings` column (their MaskInversion embeddings, one (K, E) array
+    per image) the images also get up to `max_object_tokens` object tokens (default: the
     processor's). `batch_by_question` batches rows sorted by their question's text (answers still come back in row
     order): questions of a kind then share a batch, so a batch of short answers stops generating early instead of
     waiting for a caption beside it.
@@ -43,9 +45,10 @@ def generate_answers(
         rows = dataset[batch_rows]
         prompts = [processor.apply_chat_template(prompts_by_row[row], add_generation_prompt=True) for row in batch_rows]
         object_inputs = {}
-        if "object_masks" in rows:
-            masks = [[np.asarray(stack, dtype=np.uint8) for stack in stacks] for stacks in rows["object_masks"]]
-            object_inputs = {"object_masks": masks, "max_object_tokens": max_object_tokens}
+        for column, dtype in OBJECT_COLUMNS.items():
+            if column in rows:
+                stacks = [[np.asarray(stack, dtype=dtype) for stack in image_stacks] for image_stacks in rows[column]]
+                object_inputs = {column: stacks, "max_object_tokens": max_object_tokens}
         inputs = processor(
             images=rows["images"],
             text=prompts,

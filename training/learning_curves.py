@@ -37,6 +37,9 @@ class LearningCurveCallback(TrainerCallback):
         scores = {budget: evaluate_budget(model, processor, self.test_set, budget)["scores"] for budget in self.budgets}
         model.train()
         self.points.append({"step": step, "budgets": scores})
+        for budget, by_type in scores.items():
+            accuracies = " ".join(f"{name} {score['accuracy']:.2f}" for name, score in by_type.items())
+            print(f"[curves] step {step}, {budget} tokens: {accuracies}", flush=True)
 
     def save(self, directory: Path, majority: dict) -> None:
         """`learning_curves.json` (the points and the majority levels) and `learning_curves.png` in `directory`."""
