@@ -34,7 +34,8 @@ tower's features cached, for the same `--max_steps`, batch, learning rate and sc
   the last layer's LeGrad map, 10 AdamW steps at lr 0.5), precomputed once per scene. The warmed-up tower has no
   projection head, so it is given an identity one: `CLIPVisionModelWithProjection` with the tower's weights and
   `visual_projection` = the 64x64 identity, i.e. the embeddings live in the tower's own width and LeGrad's similarity
-  is the cosine between an embedding and the tower's post-layernorm class token at the summed layer(s).
+  is the cosine between an embedding and the summed layer's output tokens, averaged, after the tower's post-layernorm
+  (the warm-up trained the patch tokens, so that mean says what is in the scene; the class token was never trained).
 
 Seeds (`--seeds`) apply to the row groups in `--seeded_rows` (default delta mlp ablations, whose differences are the
 small ones); the other groups run with the first seed. Every row records its wall time (its checkpoint's training

@@ -32,6 +32,7 @@ SCRIPTS = {
     "accuracy_vs_budget.py": ("Accuracy vs visual token budget", ["--rows", "--budgets", "--seeds"]),
     "merge_accuracy_runs.py": ("One accuracy-vs-budget table", ["runs", "--exclude"]),
     "quickstart_runs.py": ("Gathers quick-start runs", ["runs", "--output"]),
+    "quickstart_bar_check.py": ("Runs the quick start over seeds and CPU kernel settings", ["--seeds", "--kernels", "--reuse"]),
     "mask_inversion_cost.py": ("Seconds per image of Mask-LLaVA's object features", ["--masks", "--iterations"]),
 }
 

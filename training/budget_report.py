@@ -58,40 +58,51 @@ def plot_accuracy_by_budget(results: dict, trained_budgets: list[int], path: Pat
     plt.close(figure)
 
 
-FULL_BAR_MIN_TOKENS = 4  # one token cannot place things in a 3x3 scene: below this the bar is "above majority"
+FULL_BAR_MIN_TOKENS = 4  # one token cannot place things in a 3x3 scene: below this only the overall gain is judged
+OVERALL_MARGIN = 0.25  # the full bar: overall accuracy at least this far above the majority answer ...
+TYPE_MARGIN = 0.05  # ... and every question type at least this far above its own majority level
+SMALL_BUDGET_MARGIN = 0.10  # below FULL_BAR_MIN_TOKENS: overall accuracy this far above the majority answer
+BAR_TEXT = {
+    "full": f"bar (overall +{OVERALL_MARGIN:.2f}, every type +{TYPE_MARGIN:.2f} over its majority level)",
+    "overall": f"bar (overall +{SMALL_BUDGET_MARGIN:.2f} over the majority answer)",
+}
 
 
 def bar_for(budget: int, trained_budgets: list[int]) -> str | None:
-    """The quick start's bar at `budget`: "full" (overall +0.20 over the majority answer and every type above its
-    majority level) at trained budgets of at least FULL_BAR_MIN_TOKENS, "above majority" (overall) at smaller trained
-    budgets, None (not judged) at budgets the checkpoint was not trained at."""
+    """The quick start's bar at `budget`: "full" at trained budgets of at least FULL_BAR_MIN_TOKENS, "overall" at
+    smaller trained budgets, None (not judged) at budgets the checkpoint was not trained at (see BAR_TEXT)."""
     if budget not in trained_budgets:
         return None
-    return "full" if budget >= FULL_BAR_MIN_TOKENS else "above majority"
+    return "full" if budget >= FULL_BAR_MIN_TOKENS else "overall"
 
 
-def learning_verdict(results: dict, trained_budgets: list[int], margin: float = 0.20) -> dict:
-    """Per budget: overall accuracy minus the majority level, the types at or below their majority level, the bar
-    that applies (`bar_for`) and whether it is met (None where no bar applies)."""
+def learning_verdict(results: dict, trained_budgets: list[int]) -> dict:
+    """Per budget: overall accuracy minus the majority level, the types less than TYPE_MARGIN above their majority
+    level, the bar that applies (`bar_for`) and whether it is met (None where no bar applies)."""
     majority = results["majority"]
     verdict = {}
     for budget, scores in results["budgets"].items():
         gain = scores["overall"]["accuracy"] - majority["overall"]["accuracy"]
-        lagging = [n for n in question_types(results) if scores[n]["accuracy"] <= majority[n]["accuracy"]]
+        lagging = [
+            name
+            for name in question_types(results)
+            if scores[name]["accuracy"] < majority[name]["accuracy"] + TYPE_MARGIN - 1e-9
+        ]
         bar = bar_for(int(budget), trained_budgets)
-        meets = {"full": gain >= margin and not lagging, "above majority": gain > 0, None: None}[bar]
-        verdict[budget] = {"gain_over_majority": round(gain, 4), "types_not_above_majority": lagging,
+        meets = {
+            "full": gain >= OVERALL_MARGIN - 1e-9 and not lagging,
+            "overall": gain >= SMALL_BUDGET_MARGIN - 1e-9,
+            None: None,
+        }[bar]
+        verdict[budget] = {"gain_over_majority": round(gain, 4), "types_under_margin": lagging,
                            "trained": bar is not None, "bar": bar, "meets_bar": meets}  # fmt: skip
     return verdict
 
 
 def verdict_line(budget, verdict: dict) -> str:
     """One printed line per budget: the gain, the lagging types and the bar's outcome, in words."""
-    lagging = ", ".join(verdict["types_not_above_majority"]) or "none"
-    outcome = {
-        "full": "bar (+0.20 overall, every type above its majority level)",
-        "above majority": "bar (overall above the majority answer)",
-    }.get(verdict["bar"])
+    lagging = ", ".join(verdict["types_under_margin"]) or "none"
+    outcome = BAR_TEXT.get(verdict["bar"])
     judged = f"{outcome} {'met' if verdict['meets_bar'] else 'NOT met'}" if outcome else "not trained here: no bar"
-    return (f"{budget:>4} tokens: {verdict['gain_over_majority']:+.3f} over the majority answer; types not above their "
-            f"majority level: {lagging}; {judged}")
+    return (f"{budget:>4} tokens: {verdict['gain_over_majority']:+.3f} over the majority answer; types under "
+            f"majority +{TYPE_MARGIN:.2f}: {lagging}; {judged}")

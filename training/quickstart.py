@@ -94,11 +94,17 @@ class QuickStartArguments:
     warmup_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of the tower's warm-up."})
     language_model_layers: int = field(default=3, metadata={"help": "Layers of the random small Llama."})
     language_model_heads: int = field(default=8, metadata={"help": "Attention heads of the small Llama (width 128)."})
+    tie_word_embeddings: bool = field(
+        default=False, metadata={"help": "The small Llama's output head shares its input embeddings' weights."}
+    )
     train_steps: int = field(default=5000, metadata={"help": "Optimizer steps of Delta-LLaVA training."})
     single_budget_steps: int = field(
         default=0, metadata={"help": "Of train_steps, the first ones at train_budget alone; the rest are elastic."}
     )
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of Delta-LLaVA training."})
+    projector_learning_rate: float | None = field(
+        default=None, metadata={"help": "The projector's own learning rate (default: --learning_rate)."}
+    )
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     query_positions: str = field(
         default="query_grid",
@@ -179,7 +185,9 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     return losses
 
 
-def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads: int, seed: int) -> None:
+def build_language_model(
+    directory: Path, tokenizer, num_layers: int, num_heads: int, seed: int, tie_word_embeddings: bool = False
+) -> None:
     """A small Llama (width 128) with random weights (drawn from `seed`) over the synthetic vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -192,6 +200,7 @@ def build_language_model(directory: Path, tokenizer, num_layers: int, num_heads:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)  # torch's own start seed differs per process: unseeded, every run had another LM
     LlamaForCausalLM(config).save_pretrained(directory)
@@ -224,6 +233,7 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
             elastic_budgets=budgets,
             cache_vision_features=True,
             loss_per_answer=args.loss_per_answer,
+            projector_learning_rate=args.projector_learning_rate,
             **start,
         )
         training_args = small_training_config(
@@ -280,7 +290,12 @@ def run(args: QuickStartArguments) -> dict:
 
     tokenizer = build_tokenizer(out / "language_model", grid_size=3)
     build_language_model(
-        out / "language_model", tokenizer, args.language_model_layers, args.language_model_heads, args.seed
+        out / "language_model",
+        tokenizer,
+        args.language_model_layers,
+        args.language_model_heads,
+        args.seed,
+        args.tie_word_embeddings,
     )
     warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
     lap("vision tower warm-up")

@@ -1,0 +1,136 @@
+"""Runs the quick start over seeds and CPU kernel settings, one run at a time, and tells whether its bar held in each.
+
+    python benchmarks/quickstart_bar_check.py                      # seeds 0-4 x (default, avx2): 10 runs, ~2 hours
+    python benchmarks/quickstart_bar_check.py --seeds 5 6 --kernels avx2 -- --train_steps 4000
+
+A result that holds only on the machine that made it is luck: other CPUs round differently, and the quick start's
+learning has tipping points that rounding moves. `avx2` runs a quick start with `ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2`, so torch and MKL take other kernels, as on another machine; `default` leaves the
+machine's own. Each run is `delta-llava-quickstart --seed S --output_dir <output_dir>/<kernels>_s<S>` plus what
+follows `--`, timed by wall clock (run nothing beside it: the times are what the issue bounds). After every run the
+summary is rewritten, so a cut-short check keeps its runs: `benchmarks/results/<results_name>.json` (per run the
+seed, kernels, wall time, accuracy per budget and type, the verdict per budget and the learning curves if measured)
+and `.png` (per question type, every run's accuracy at every budget beside majority + the type margin). The bar is
+the quick start's own (`delta_llava.training.budget_report`); the printed table says, per run and budget, "met" or
+the types and margins that missed it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import measure  # noqa: E402
+from delta_llava.training.budget_report import BAR_TEXT, OVERALL_MARGIN, SMALL_BUDGET_MARGIN, TYPE_MARGIN  # noqa: E402
+from quickstart_runs import load_run  # noqa: E402
+
+KERNEL_SETTINGS = {
+    "default": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> float:
+    """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds."""
+    command = [sys.executable, "-m", "delta_llava.training.quickstart", "--seed", str(seed), "--output_dir", str(folder)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **KERNEL_SETTINGS[kernels]}
+    started = time.time()
+    subprocess.run([*command, *extra], env=environment, check=True)
+    return round(time.time() - started, 1)
+
+
+def missed(run: dict, budget: str) -> str:
+    """'met', or what missed the bar at `budget`: e.g. 'existence 0.505 (<0.550); overall +0.21'."""
+    verdict = run["verdict"][budget]
+    if verdict["meets_bar"]:
+        return "met"
+    parts = [
+        f"{name} {run['accuracy'][budget][name]:.3f} (<{run['majority'][name] + TYPE_MARGIN:.3f})"
+        for name in verdict["types_under_margin"]
+    ] if verdict["bar"] == "full" else []  # fmt: skip
+    needed = OVERALL_MARGIN if verdict["bar"] == "full" else SMALL_BUDGET_MARGIN
+    if verdict["gain_over_majority"] < needed:
+        parts.append(f"overall +{verdict['gain_over_majority']:.3f} (<+{needed:.2f})")
+    return "; ".join(parts)
+
+
+def summary_table(runs: list[dict]) -> tuple[list[str], list[list]]:
+    budgets = list(runs[0]["accuracy"])
+    headers = ["run", "wall s", *[f"{budget} tok" for budget in budgets]]
+    rows = [
+        [run["label"], run["wall_s"] or f"{run['total_s']:.0f} (reused)", *(missed(run, budget) for budget in budgets)]
+        for run in runs
+    ]
+    return headers, rows
+
+
+def plot_runs(runs: list[dict], path: Path) -> None:
+    """One panel per question type: each run's accuracy vs budget (log x), the bar's level dashed."""
+    names = [name for name in runs[0]["majority"] if name != "overall"] + ["overall"]
+    budgets = [int(budget) for budget in runs[0]["accuracy"]]
+    figure, axes = plt.subplots(1, len(names), figsize=(2.9 * len(names), 3.4), sharey=True, squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for index, run in enumerate(runs):
+            style = "-" if run["kernels"] == "default" else "--"
+            values = [run["accuracy"][str(budget)][name] for budget in budgets]
+            axis.plot(budgets, values, style, marker="o", markersize=3, color=f"C{index % 10}", label=run["label"])
+        margin = OVERALL_MARGIN if name == "overall" else TYPE_MARGIN
+        axis.axhline(runs[0]["majority"][name] + margin, color="black", linestyle=":", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_xticks(budgets, [str(budget) for budget in budgets])
+        axis.minorticks_off()
+        axis.set_title(f"{name} (dotted: majority +{margin:.2f})", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (solid: default kernels, dashed: avx2)")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Arguments after -- go to delta-llava-quickstart unchanged.",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNEL_SETTINGS), default=list(KERNEL_SETTINGS))
+    parser.add_argument("--output_dir", default="outputs/quickstart_bar_check", help="one folder per run inside")
+    parser.add_argument("--results_name", default="quickstart_bar_check", help="benchmarks/results/<name>.json/.png")
+    parser.add_argument("--reuse", action="store_true", help="keep runs whose folder already has a results.json")
+    args = parser.parse_args(own)
+    command = "python benchmarks/quickstart_bar_check.py " + " ".join(argv)
+    runs = []
+    for kernels in args.kernels:
+        for seed in args.seeds:
+            label = f"{kernels} kernels, seed {seed}"
+            folder = Path(args.output_dir) / f"{kernels}_s{seed}"
+            done = args.reuse and (folder / "results.json").is_file()
+            print(f"{'Reusing' if done else 'Running'} {label} in {folder}", flush=True)
+            wall_s = None if done else run_quickstart(seed, kernels, folder, extra)
+            run = load_run(label, folder)
+            results = json.loads((folder / "results.json").read_text())
+            runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": results["verdict"],
+                         "quickstart_arguments": extra})  # fmt: skip
+            payload = {"bar": BAR_TEXT, "runs": runs,
+                       "all_met": all(v["meets_bar"] is not False for r in runs for v in r["verdict"].values())}  # fmt: skip
+            path = measure.write_results(args.results_name, payload, command)
+            plot_runs(runs, path.with_suffix(".png"))
+    measure.print_table(*summary_table(runs))
+    print(f"\nBar met in every run and budget: {payload['all_met']}. Wrote {path} and {path.with_suffix('.png')}.")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

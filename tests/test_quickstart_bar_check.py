@@ -1,0 +1,69 @@
+"""The quick start's seed x kernels check at toy size: every run done in its own process, the summary and the table."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import measure  # noqa: E402
+import quickstart_bar_check  # noqa: E402
+
+TINY = ["--train_samples", "48", "--test_samples", "12", "--warmup_steps", "2", "--train_steps", "2",
+        "--batch_size", "4", "--elastic_budgets", "9", "1", "--eval_budgets", "9", "1",
+        "--dataloader_workers", "0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def check(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bar_check")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(measure, "RESULTS_DIR", root / "results")
+    try:
+        runs = quickstart_bar_check.main(
+            ["--seeds", "3", "--kernels", "default", "avx2", "--output_dir", str(root / "runs"), "--results_name", "tiny",
+             "--", *TINY]  # fmt: skip
+        )
+    finally:
+        patch.undo()
+    return root, runs
+
+
+def test_every_seed_and_kernel_setting_runs_once(check):
+    root, runs = check
+    assert [(run["kernels"], run["seed"]) for run in runs] == [("default", 3), ("avx2", 3)]
+    for run in runs:
+        folder = root / "runs" / f"{run['kernels']}_s3"
+        arguments = json.loads((folder / "results.json").read_text())["arguments"]
+        assert arguments["seed"] == 3 and arguments["train_steps"] == 2  # the arguments after -- reached the run
+        assert run["wall_s"] > 0 and set(run["verdict"]) == {"9", "1"}
+
+
+def test_summary_json_plot_and_verdicts(check):
+    root, runs = check
+    record = json.loads((root / "results" / "tiny.json").read_text())
+    assert len(record["runs"]) == 2 and (root / "results" / "tiny.png").stat().st_size > 0
+    assert record["all_met"] == all(v["meets_bar"] for run in runs for v in run["verdict"].values())
+    headers, rows = quickstart_bar_check.summary_table(runs)
+    assert headers == ["run", "wall s", "9 tok", "1 tok"]
+    for run, row in zip(runs, rows):
+        for budget, cell in zip(("9", "1"), row[2:]):
+            assert (cell == "met") == run["verdict"][budget]["meets_bar"]
+            if cell != "met":  # names what missed: a type under its margin or the overall gain
+                assert "(<" in cell
+
+
+def test_reuse_keeps_finished_runs(check, capsys):
+    root, _ = check
+    patch = pytest.MonkeyPatch()
+    patch.setattr(measure, "RESULTS_DIR", root / "results")
+    patch.setattr(quickstart_bar_check, "run_quickstart", lambda *args: pytest.fail("a finished run was rerun"))
+    try:
+        runs = quickstart_bar_check.main(
+            ["--seeds", "3", "--kernels", "avx2", "--output_dir", str(root / "runs"), "--results_name", "reused",
+             "--reuse"]  # fmt: skip
+        )
+    finally:
+        patch.undo()
+    assert runs[0]["wall_s"] is None and "Reusing avx2 kernels, seed 3" in capsys.readouterr().out
