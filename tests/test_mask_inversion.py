@@ -1,6 +1,7 @@
 """MaskInversion on transformers' CLIP reproduces the reference packages (maskinversion-torch 1.1, legrad-torch 1.1)
 number for number, leaves the model as it found it, and refuses bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from delta_llava.processing import DeltaLlavaProcessor, MaskInversion
 from mask_inversion_setup import EMBEDDING_WIDTH, clip_image_processor, masks_dataset, tiny_clip
 
-FIXTURE = Path(__file__).parent / "fixtures" / "maskinversion" / "reference_example.safetensors"
+FIXTURES = Path(__file__).parent / "fixtures" / "maskinversion"
+FIXTURE = FIXTURES / "reference_example.safetensors"
+# The package's own example, and two more settings written by the same script (see the fixtures' README)
+REFERENCE_CASES = ["example", "all_layers_reg", "two_layers"]
 # open_clip's names (the reference's tower) -> CLIPVisionModelWithProjection's, per layer and outside the layers
 LAYER_NAMES = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
                "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}  # fmt: skip
@@ -58,8 +63,17 @@ def tower(reference) -> CLIPVisionModelWithProjection:
     return reference_tower(reference)
 
 
-def test_the_reference_example_number_for_number(tower, reference):
-    inverter = MaskInversion(tower, layer_index=-1, iterations=10, lr=0.5, alpha=0.0, weight_decay=0.0)
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_the_reference_number_for_number(case):
+    path = FIXTURES / f"reference_{case}.safetensors"
+    reference = load_file(path)
+    with safe_open(path, framework="pt") as file:
+        settings = json.loads(file.metadata()["settings"])
+    tower = reference_tower(reference)
+    inverter = MaskInversion(
+        tower, layer_index=settings["layer_index"], iterations=settings["iterations"], lr=settings["lr"],
+        alpha=settings["alpha"], weight_decay=settings["wd"],
+    )  # fmt: skip
     with torch.no_grad():
         torch.testing.assert_close(tower(pixel_values=reference["image"]).image_embeds, reference["image_embedding"])
     start = inverter.explainability_maps(reference["image"], reference["image_embedding"].repeat(3, 1))
@@ -84,8 +98,7 @@ def test_the_model_is_left_as_it_was_found(tower, reference):
 
 
 def test_more_layers_and_the_regulariser_and_weight_decay_change_what_they_should(tower, reference):
-    """No reference output exists for these settings (the fixture holds the package's own example only): checked by
-    what each setting must do."""
+    """Beside the reference outputs: each setting does what it must, with strengths the fixtures do not use."""
     image, masks = reference["image"], reference["masks"]
     plain = MaskInversion(tower, iterations=5)(image, masks)
     all_layers = MaskInversion(tower, layer_index=0, iterations=5)(image, masks)
