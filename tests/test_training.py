@@ -295,3 +295,50 @@ def test_maskinversion_object_tokens_train_from_a_precomputed_column(parts, tmp_
     model.zero_grad()
     model(**batch).loss.backward()  # the map of the embeddings learns with the projector
     assert model.model.object_embedding_map.weight.grad.abs().sum() > 0
+
+
+def test_every_budget_batches_hold_each_example_at_each_budget_and_average_their_losses(parts, tmp_path):
+    """elastic_mode="every_budget": the batch is the per-budget batches, padded to one length and stacked; its loss is
+    the token-weighted mean of theirs, so every step trains every budget on the same questions."""
+    from delta_llava.training.elastic_budget import ElasticBudgetCollator
+    from delta_llava.training.object_mask_collator import ObjectMaskCollator
+
+    budgets = [64, 16, 4, 1]
+    model, processor = build_model_and_processor(model_arguments(parts, elastic_budgets=budgets))
+    examples = [dict(row) for row in datasets_rows(parts, 3)]
+    inner = ObjectMaskCollator(processor, max_length=None, assistant_only_loss=True)
+    merged = ElasticBudgetCollator(inner, processor, budgets, mode="every_budget")(examples)
+    singles = [ElasticBudgetCollator(inner, processor, [budget])(examples) for budget in budgets]
+    assert merged["input_ids"].shape[0] == 3 * len(budgets) and "num_visual_tokens" not in merged
+    assert merged["visual_token_budget"].tolist() == [budget for budget in budgets for _ in range(3)]
+    for index, single in enumerate(singles):
+        rows = slice(3 * index, 3 * index + 3)
+        length = single["input_ids"].shape[1]
+        for key, pad in (("input_ids", processor.tokenizer.pad_token_id), ("attention_mask", 0), ("labels", -100)):
+            block = merged[key][rows]
+            kept = block[:, :length] if processor.tokenizer.padding_side == "right" else block[:, -length:]
+            assert torch.equal(kept, single[key]), key
+            rest = block[:, length:] if processor.tokenizer.padding_side == "right" else block[:, :-length]
+            assert (rest == pad).all(), key
+    model.eval()
+    with torch.no_grad():
+        loss = model(**merged).loss
+        tokens = [(single["labels"][:, 1:] != -100).sum() for single in singles]
+        single_losses = [model(**{k: v for k, v in s.items() if k != "num_visual_tokens"},
+                               num_visual_tokens=s["num_visual_tokens"]).loss for s in singles]  # fmt: skip
+    expected = sum(l * n for l, n in zip(single_losses, tokens)) / sum(tokens)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    trainer = train(
+        model_arguments(parts, elastic_budgets=budgets, elastic_mode="every_budget"),
+        data_arguments(parts),
+        sft_config(tmp_path / "every", max_steps=2),
+    )
+    assert trainer.state.global_step == 2
+    with pytest.raises(ValueError, match="--elastic_mode 'all' is unknown"):
+        model_arguments(parts, elastic_budgets=budgets, elastic_mode="all")
+
+
+def datasets_rows(parts, count: int) -> list[dict]:
+    import datasets
+
+    return list(datasets.load_from_disk(parts["dataset_path"]).select(range(count)))

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from .elastic_budget import ELASTIC_MODES
+
 STAGES = ("pretrain", "finetune")
 
 
@@ -28,6 +30,11 @@ class DeltaLlavaModelArguments:
     )
     elastic_budgets: list[int] | None = field(
         default=None, metadata={"help": "Draw the budget of each batch from these (one checkpoint, every budget)."}
+    )
+    elastic_mode: str = field(
+        default="one_per_batch",
+        metadata={"help": "With --elastic_budgets: one_per_batch (a budget drawn per batch) or every_budget (each "
+                  "example at every budget in its batch: B x budgets rows, the loss covers all budgets every step)."},
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Hidden-state index of the patch features."})
     projector_hidden_size: int | None = field(default=None, metadata={"help": "Projector width d (config default 1024)."})
@@ -104,6 +111,8 @@ class DeltaLlavaModelArguments:
             raise ValueError("--use_lora/--use_qlora apply to --stage finetune; stage 1 trains only the projector.")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--dtype {self.dtype!r} is unknown. Allowed values: ['float32', 'bfloat16', 'float16'].")
+        if self.elastic_mode not in ELASTIC_MODES:
+            raise ValueError(f"--elastic_mode {self.elastic_mode!r} is unknown. Allowed values: {list(ELASTIC_MODES)}.")
         if self.cache_vision_features and not self.freeze_vision_tower:
             raise ValueError("--cache_vision_features needs --freeze_vision_tower true: a training tower changes.")
 

@@ -1,8 +1,20 @@
-"""Elastic budgets: every batch draws its visual token budget, so one checkpoint learns to serve all of them."""
+"""Elastic budgets: one checkpoint learns to serve several visual token budgets.
+
+Two ways to train it (`elastic_mode`):
+- "one_per_batch": every batch draws one budget (cheap: a batch costs what one budget costs);
+- "every_budget": every example appears once per budget in its batch, so each step's loss covers all budgets for the
+  same questions (as Matryoshka-style models are trained); a batch of B examples is B x len(budgets) rows.
+"""
 
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+
+import torch
+
+ELASTIC_MODES = ("one_per_batch", "every_budget")
+# Per-row tensors (batch, sequence) of a collated batch and the value that pads them; the other keys are per image.
+TOKEN_COLUMNS_PAD = {"input_ids": None, "attention_mask": 0, "labels": -100}  # None: the tokenizer's pad token
 
 
 def batch_budget(examples: list[dict], budgets: Sequence[int], seed: int) -> int:
@@ -15,27 +27,66 @@ def batch_budget(examples: list[dict], budgets: Sequence[int], seed: int) -> int
     return budgets[int.from_bytes(digest, "little") % len(budgets)]
 
 
+def concatenate_batches(batches: list[dict], pad_token_id: int, padding_side: str) -> dict:
+    """
+    Collated batches (each with its own sequence length) -> one batch: the per-row token tensors padded to the
+    longest on `padding_side` and stacked, the per-image tensors (pixel values, budgets) concatenated in order.
+    """
+    length = max(batch["input_ids"].shape[1] for batch in batches)
+    merged = {}
+    for key in batches[0]:
+        parts = [batch[key] for batch in batches]
+        if key in TOKEN_COLUMNS_PAD:
+            value = pad_token_id if TOKEN_COLUMNS_PAD[key] is None else TOKEN_COLUMNS_PAD[key]
+            padded = []
+            for part in parts:
+                missing = (length - part.shape[1],)
+                widths = (missing[0], 0) if padding_side == "left" else (0, missing[0])
+                padded.append(torch.nn.functional.pad(part, widths, value=value))
+            merged[key] = torch.cat(padded)
+        elif isinstance(parts[0], torch.Tensor):
+            merged[key] = torch.cat(parts)
+        else:
+            raise ValueError(f"every_budget cannot merge the batch entry {key!r} ({type(parts[0]).__name__}).")
+    return merged
+
+
 class ElasticBudgetCollator:
     """
-    Wraps TRL's vision collator: picks a budget per batch from `budgets`, has the processor expand the image
-    placeholders to it, and adds `num_visual_tokens` to the batch so the model projects to the same count.
+    Wraps TRL's vision collator. "one_per_batch": picks a budget per batch from `budgets`, has the processor expand
+    the image placeholders to it, and adds `num_visual_tokens` to the batch so the model projects to the same count.
+    "every_budget": collates the examples once per budget and concatenates the batches (budget-major rows, padded to
+    one length); the batch's `visual_token_budget` tells the model each image's budget.
     """
 
-    def __init__(self, collator: Callable, processor, budgets: Sequence[int], seed: int = 0):
+    def __init__(
+        self, collator: Callable, processor, budgets: Sequence[int], seed: int = 0, mode: str = "one_per_batch"
+    ):
         if not budgets:
             raise ValueError("elastic_budgets is empty: give at least one budget, e.g. [576, 144, 36, 16, 4, 1].")
+        if mode not in ELASTIC_MODES:
+            raise ValueError(f"elastic_mode {mode!r} is unknown: use one of {ELASTIC_MODES}.")
         self.collator = collator
         self.processor = processor
         self.budgets = list(budgets)
         self.seed = seed
+        self.mode = mode
 
-    def __call__(self, examples: list[dict]) -> dict:
-        budget = batch_budget(examples, self.budgets, self.seed)
+    def collate_at(self, examples: list[dict], budget: int) -> dict:
         default = self.processor.num_visual_tokens
         self.processor.num_visual_tokens = budget
         try:
-            batch = self.collator(examples)
+            # the wrapped collator may pop columns from the examples (object masks): each budget gets its own copies
+            return self.collator([dict(example) for example in examples])
         finally:
             self.processor.num_visual_tokens = default
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if self.mode == "every_budget":
+            tokenizer = self.processor.tokenizer
+            batches = [self.collate_at(examples, budget) for budget in self.budgets]
+            return concatenate_batches(batches, tokenizer.pad_token_id, tokenizer.padding_side)
+        budget = batch_budget(examples, self.budgets, self.seed)
+        batch = self.collate_at(examples, budget)
         batch["num_visual_tokens"] = budget
         return batch

@@ -117,6 +117,11 @@ class QuickStartArguments:
         default_factory=lambda: [36, 16, 9, 4, 1],
         metadata={"help": "Budgets trained over, one drawn per batch: one checkpoint for all. One budget = only it."},
     )
+    elastic_mode: str = field(
+        default="one_per_batch",
+        metadata={"help": "one_per_batch (a budget drawn per batch) or every_budget (each question at every budget in "
+                  "its batch: --batch_size questions make batch_size x budgets rows)."},
+    )
     eval_budgets: list[int] = field(default_factory=lambda: [36, 16, 9, 4, 1])
     curve_every_steps: int = field(
         default=0, metadata={"help": "Measure learning curves every this many steps at every eval budget (0: off)."}
@@ -231,6 +236,7 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         model_args = DeltaLlavaModelArguments(
             stage="finetune",
             elastic_budgets=budgets,
+            elastic_mode=args.elastic_mode,
             cache_vision_features=True,
             loss_per_answer=args.loss_per_answer,
             projector_learning_rate=args.projector_learning_rate,

@@ -88,7 +88,9 @@ def train(
     if model_args.elastic_budgets:
         for budget in model_args.elastic_budgets:
             model.config.check_num_visual_tokens(budget, field="elastic_budgets")
-        collator = ElasticBudgetCollator(collator, processor, model_args.elastic_budgets, seed=training_args.seed)
+        collator = ElasticBudgetCollator(
+            collator, processor, model_args.elastic_budgets, seed=training_args.seed, mode=model_args.elastic_mode
+        )
 
     train_dataset = load_training_data(data_args)
     trainer = DeltaLlavaSFTTrainer(
