@@ -51,6 +51,7 @@ first training run prints an estimate of the whole run's wall time.
 """
 
 import argparse
+import json
 import gc
 import math
 import multiprocessing
@@ -313,8 +314,9 @@ def plan_jobs(args, grid: dict, max_masks: int, inversion_width: int | None = No
                 counts = object_token_counts(max_masks)
                 evaluations = [Evaluation(OBJECT_ROWS[group], budget, k, name) for name, k in counts.items()]
                 overrides = {}
-                if group == "objects_inversion":
-                    overrides = {"object_features": "mask_inversion", "object_embedding_dim": inversion_width}
+                if group == "objects_inversion":  # the inverter's tower and its default settings, recorded in the config
+                    overrides = {"object_features": "mask_inversion", "object_embedding_dim": inversion_width,
+                                 "mask_inversion": json.dumps({"source": str(Path(args.output_dir) / "inversion_tower")})}
                 jobs.append(
                     Job(group, f"{group}_b{budget}_s{seed}", "delta", budget, seed, evaluations, overrides=overrides,
                         use_object_tokens=True, max_object_tokens=max_masks)

@@ -160,6 +160,8 @@ def test_tiny_run_inversion_checkpoint_reads_embeddings(tiny_run):
     (record,) = [c for c in payload["checkpoints"] if c["name"] == "objects_inversion_b4_s0"]
     config = json.loads((Path(record["path"]) / "config.json").read_text())
     assert config["object_features"] == "mask_inversion" and config["object_embedding_dim"] == 64
+    assert config["mask_inversion"] == {"source": str(root / "work" / "inversion_tower"), "layer_index": -1,
+                                        "iterations": 10, "lr": 0.5, "alpha": 0.0, "weight_decay": 0.0}  # fmt: skip
     train = datasets.load_from_disk(str(root / "work" / "data" / "train_objects_inversion"))
     assert "object_masks" not in train.column_names
     masks = datasets.load_from_disk(str(root / "work" / "data" / "train_objects"))["object_masks"]

@@ -1,5 +1,6 @@
 """Command-line / YAML arguments of `delta-llava-train`, parsed with TRL's `TrlParser` beside `SFTConfig`."""
 
+import json
 from dataclasses import dataclass, field
 
 from .elastic_budget import ELASTIC_MODES
@@ -71,6 +72,12 @@ class DeltaLlavaModelArguments:
     object_embedding_dim: int | None = field(
         default=None, metadata={"help": "Width E of the MaskInversion embeddings (the tower's projection_dim)."}
     )
+    mask_inversion: str | None = field(
+        default=None,
+        metadata={"help": "JSON of the CLIP checkpoint and settings the object_embeddings were computed with, recorded "
+                  "in the config, e.g. '{\"source\": \"openai/clip-vit-large-patch14-336\"}' (keys: source, "
+                  "layer_index, iterations, lr, alpha, weight_decay; the rest default as in precompute_object_embeddings)."},
+    )
     use_global_token: bool | None = field(default=None, metadata={"help": "Add the CLS feature as a global token (False)."})
     dtype: str = field(
         default="float32",
@@ -111,6 +118,12 @@ class DeltaLlavaModelArguments:
             raise ValueError("--use_lora/--use_qlora apply to --stage finetune; stage 1 trains only the projector.")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--dtype {self.dtype!r} is unknown. Allowed values: ['float32', 'bfloat16', 'float16'].")
+        if isinstance(self.mask_inversion, str):
+            try:
+                self.mask_inversion = json.loads(self.mask_inversion)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--mask_inversion {self.mask_inversion!r} is not JSON ({error}); give e.g. "
+                                 '\'{"source": "openai/clip-vit-large-patch14-336"}\'.') from error
         if self.elastic_mode not in ELASTIC_MODES:
             raise ValueError(f"--elastic_mode {self.elastic_mode!r} is unknown. Allowed values: {list(ELASTIC_MODES)}.")
         if self.cache_vision_features and not self.freeze_vision_tower:

@@ -45,6 +45,7 @@ PROJECTOR_FIELDS = (
     "max_object_tokens",
     "object_features",
     "object_embedding_dim",
+    "mask_inversion",
     "use_global_token",
 )
 CALL_TIME_FIELDS = ("num_visual_tokens", "max_object_tokens")  # a checkpoint's weights do not fix these
