@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole accuracy-vs-budget table as recorded in the README: every row once (seed 0), then seeds 1 and 2 where
 # the differences are small, then one merged table and plot (benchmarks/results/accuracy_vs_budget_combined.*).
-# About 2 hours 45 minutes on a 2-core CPU (the official-layout rows add ~40 min); each piece writes its own JSON
+# About 3 hours 35 minutes on a 2-core CPU (the official-layout rows add ~40 min, the MaskInversion object rows
+# ~50 min, most of it inverting the training scenes); each piece writes its own JSON
 # after every training run, so a cut-short run keeps what it finished, and a piece can be rerun alone.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,6 +23,9 @@ python accuracy_vs_budget.py "${common[@]}" --rows official --budgets 36 4 1 16 
     --output_dir ../outputs/accuracy_official --results_name accuracy_vs_budget_official_rerun
 python accuracy_vs_budget.py "${common[@]}" --rows official --budgets 36 4 1 --seeds 1 2 --seeded_rows official \
     --output_dir ../outputs/accuracy_official_seeds --results_name accuracy_vs_budget_official_seeds_rerun
+python accuracy_vs_budget.py "${common[@]}" --rows objects objects_inversion --budgets 4 --seeds 0 1 2 \
+    --seeded_rows objects objects_inversion \
+    --output_dir ../outputs/accuracy_objects_inversion --results_name accuracy_vs_budget_objects_inversion_rerun
 python merge_accuracy_runs.py accuracy_vs_budget_all_rows accuracy_vs_budget_seeds_36 accuracy_vs_budget_seeds_low \
     accuracy_vs_budget_seeds_elastic accuracy_vs_budget_official_rerun accuracy_vs_budget_official_seeds_rerun \
     --results_name accuracy_vs_budget_rerun_combined
