@@ -51,8 +51,8 @@ first training run prints an estimate of the whole run's wall time.
 """
 
 import argparse
-import json
 import gc
+import json
 import math
 import multiprocessing
 import os
@@ -187,7 +187,9 @@ def tower_with_identity_projection(tower_folder: Path, output_folder: Path) -> C
     return with_projection
 
 
-def with_object_embeddings(dataset: datasets.Dataset, inverter, image_processor, rows_per_scene: int) -> datasets.Dataset:
+def with_object_embeddings(
+    dataset: datasets.Dataset, inverter: MaskInversion, image_processor, rows_per_scene: int
+) -> datasets.Dataset:
     """`dataset` (with `object_masks`) with the masks replaced by their MaskInversion embeddings, as
     `precompute_object_embeddings` writes them, inverted once per scene: `rows_per_scene` consecutive rows share one
     scene (the training set asks two questions per scene)."""
