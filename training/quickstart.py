@@ -95,8 +95,8 @@ class QuickStartArguments:
     language_model_layers: int = field(default=3, metadata={"help": "Layers of the random small Llama."})
     language_model_heads: int = field(
         default=16,
-        metadata={"help": "Attention heads of the small Llama (width 128). 16 of 8 channels learned existence in 3 of 3 "
-                  "runs where 8 of 16 (the earlier default) did in some: see the quick-start notes."},
+        metadata={"help": "Attention heads of the small Llama (width 128). 16 of 8 channels learned existence in 3 of 4 "
+                  "runs; 8 of 16 (the earlier default) in 2 of 3: see the quick-start notes."},
     )
     tie_word_embeddings: bool = field(
         default=False, metadata={"help": "The small Llama's output head shares its input embeddings' weights."}
