@@ -40,8 +40,8 @@ def concatenate_batches(batches: list[dict], pad_token_id: int, padding_side: st
             value = pad_token_id if TOKEN_COLUMNS_PAD[key] is None else TOKEN_COLUMNS_PAD[key]
             padded = []
             for part in parts:
-                missing = (length - part.shape[1],)
-                widths = (missing[0], 0) if padding_side == "left" else (0, missing[0])
+                missing = length - part.shape[1]
+                widths = (missing, 0) if padding_side == "left" else (0, missing)
                 padded.append(torch.nn.functional.pad(part, widths, value=value))
             merged[key] = torch.cat(padded)
         elif isinstance(parts[0], torch.Tensor):
