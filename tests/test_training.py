@@ -1,5 +1,6 @@
 """Training with TRL's SFTTrainer: what each stage trains, LoRA, resume, elastic budgets and the saved checkpoint."""
 
+import re
 from pathlib import Path
 
 import PIL.Image
@@ -200,6 +201,16 @@ def test_argument_errors_name_the_fix(parts):
         model_arguments(parts, stage="pretrain", use_lora=True)
 
 
+def test_memory_layers_flag_sets_the_levels_the_projector_reads(parts):
+    default, _ = build_model_and_processor(model_arguments(parts))
+    assert default.config.memory_layers == [1]  # a 2-layer tower's scaled default: one level, below the query layer
+    near_query, _ = build_model_and_processor(model_arguments(parts, memory_layers=[1, 2]))
+    assert near_query.config.memory_layers == [1, 2]
+    assert near_query.model.hidden_states_read() == [1, 2]  # -1 (the patch features) is layer 2 of 0..2
+    with pytest.raises(ValueError, match=r"memory_layers=\[5\] must be hidden-state indices"):
+        build_model_and_processor(model_arguments(parts, memory_layers=[5]))
+
+
 def test_continuing_keeps_the_checkpoints_budget_and_settings_unless_a_flag_changes_them(parts, tmp_path):
     model, processor = build_model_and_processor(model_arguments(parts, num_visual_tokens=4, use_global_token=True))
     model.save_pretrained(tmp_path)
@@ -213,8 +224,8 @@ def test_continuing_keeps_the_checkpoints_budget_and_settings_unless_a_flag_chan
     )
     assert changed.config.num_visual_tokens == changed_processor.num_visual_tokens == 16
     assert changed.config.max_object_tokens == changed_processor.max_object_tokens == 3
-    for flag, value in (("delta_layout", "shared_base"), ("use_global_token", False), ("delta_rank", 8)):
-        with pytest.raises(ValueError, match=f"--{flag} {value!r} differs from the checkpoint .* its weights fix"):
+    for flag, value in (("delta_layout", "shared_base"), ("use_global_token", False), ("delta_rank", 8), ("memory_layers", [2])):
+        with pytest.raises(ValueError, match=re.escape(f"--{flag} {value!r} differs from the checkpoint") + ".* its weights fix"):
             build_model_and_processor(model_arguments(parts, **source, **{flag: value}, num_visual_tokens=None))
 
 

@@ -38,6 +38,11 @@ class DeltaLlavaModelArguments:
                   "example at every budget in its batch: B x budgets rows, the loss covers all budgets every step)."},
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Hidden-state index of the patch features."})
+    memory_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Hidden-state indices of the multi-level memory (delta, tokenpacker); default: scaled from "
+                  "TokenPacker's 12/16/22/23 of 24 to the tower's depth (one level, [1], on a 2-layer tower)."},
+    )
     projector_hidden_size: int | None = field(default=None, metadata={"help": "Projector width d (config default 1024)."})
     delta_rank: int | None = field(
         default=None, metadata={"help": "Rank r of the Delta updates (default 16 official, 64 shared_base)."}

@@ -30,6 +30,7 @@ PROJECTOR_FIELDS = (
     "delta_layout",
     "num_visual_tokens",
     "vision_feature_layer",
+    "memory_layers",
     "projector_hidden_size",
     "delta_rank",
     "window_size",
