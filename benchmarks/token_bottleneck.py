@@ -23,8 +23,10 @@ cached in `--output_dir`. Then every row trains a fresh projector plus a small r
   row gives the memory the query layer too.
 
 Every row is run alone, one after the other, and records its wall time. Results go to
-`benchmarks/results/<results_name>.json` (rewritten after every row; `--reuse` keeps the rows already there, so a
-killed or partial run continues) and a plot `<results_name>.png`.
+`benchmarks/results/<results_name>.json` (rewritten after every row, with every command that added rows; `--reuse`
+keeps the rows already there, so a killed or partial run continues, and refuses rows trained with other settings or
+probed on another warm-up of the tower: a tower warmed up on another machine rounds differently) and a plot
+`<results_name>.png`.
 """
 
 import argparse
@@ -127,6 +129,26 @@ def probe_config(tower_config: CLIPVisionConfig, row: ProbeRow) -> DeltaLlavaCon
 
 def tower_settings(args) -> dict:
     return {name: getattr(args, name) for name in ("train_images", "test_images", "warmup_steps", "scene_seed")}
+
+
+TRAINING_SETTINGS = ("probe_steps", "batch_size", "learning_rate")
+
+
+def check_reusable(previous: dict, args, shared: dict, json_path: Path) -> None:
+    """`--reuse` only extends a table whose rows were trained alike and on this same tower: raise otherwise."""
+    settings = [*tower_settings(args), *TRAINING_SETTINGS]
+    changed = [name for name in settings if previous["settings"][name] != getattr(args, name)]
+    if changed:
+        raise ValueError(
+            f"--reuse: {json_path} was trained with other {', '.join(changed)}; rerun with the same values or choose "
+            "another --results_name."
+        )
+    if previous["tower"]["warmup_final_loss"] != shared["warmup_final_loss"]:
+        raise ValueError(
+            f"--reuse: the rows in {json_path} were probed on another warm-up of the tower (final loss "
+            f"{previous['tower']['warmup_final_loss']:.4f}, this one {shared['warmup_final_loss']:.4f}: another machine, "
+            "CPU kernel or thread count rounds differently); rerun the table without --reuse."
+        )
 
 
 def build_tower_states(args, work: Path) -> dict:
@@ -277,10 +299,14 @@ def parse_arguments(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(argv)
     json_path = RESULTS / f"{args.results_name}.json"
-    done = {}
-    if args.reuse and json_path.is_file():
-        done = {result["key"]: result for result in json.loads(json_path.read_text())["rows"]}
     shared = build_tower_states(args, Path(args.output_dir))
+    done, commands = {}, []
+    if args.reuse and json_path.is_file():
+        previous = json.loads(json_path.read_text())
+        check_reusable(previous, args, shared, json_path)
+        done = {result["key"]: result for result in previous["rows"]}
+        commands = previous["commands"]
+    commands.append("python benchmarks/token_bottleneck.py " + " ".join(sys.argv[1:] if argv is None else argv))
     tower_config = CLIPVisionConfig(**shared["tower_config"])
     rows = plan_rows(args)
     print(f"{len(rows)} rows ({sum(row.key in done for row in rows)} reused); tower warm-up loss "
@@ -298,18 +324,18 @@ def main(argv: list[str] | None = None) -> dict:
         results.append({"key": row.key, **asdict(row), **outcome})
         filled = ", ".join(f"{budget}: {scores['filled']:.3f}" for budget, scores in outcome["scores"].items())
         print(f"[{index + 1}/{len(rows)}] {row.key}: filled {filled} ({outcome['train_seconds']:.0f} s)", flush=True)
-        write_results(args, argv, shared, results, json_path)
-    summary = write_results(args, argv, shared, results, json_path)
+        write_results(args, commands, shared, results, json_path)
+    summary = write_results(args, commands, shared, results, json_path)
     print_table(summary)
     print(f"separation (issue 31): {separation(summary)}")
     print(f"Wrote {json_path} and {json_path.with_suffix('.png')}")
     return summary
 
 
-def write_results(args, argv, shared: dict, results: list[dict], json_path: Path) -> list[dict]:
+def write_results(args, commands: list[str], shared: dict, results: list[dict], json_path: Path) -> list[dict]:
     summary = summarise(results)
     payload = {
-        "command": "python benchmarks/token_bottleneck.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commands": commands,
         "settings": vars(args),
         "machine": {"torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
         "tower": {"warmup_final_loss": shared["warmup_final_loss"], "build_seconds": shared["seconds"]},

@@ -89,3 +89,11 @@ def test_tiny_run_writes_results_and_reuse_extends_them(tmp_path, monkeypatch):
     assert [row["train_budgets"] for row in extended["rows"][4:]] == [[1], [1]]
     assert not list((tmp_path / "results").glob("*.partial"))
     assert math.isfinite(extended["tower"]["warmup_final_loss"])
+    assert len(extended["commands"]) == 2 and extended["commands"][1].endswith("--reuse")
+
+    with pytest.raises(ValueError, match="other probe_steps"):
+        benchmark.main([*tiny, "--rows", "avgpool", "--budgets", "16", "--reuse", "--probe_steps", "3"])
+    extended["tower"]["warmup_final_loss"] += 1e-3  # as if probed on a tower warmed up on another machine
+    (tmp_path / "results" / "tiny.json").write_text(json.dumps(extended))
+    with pytest.raises(ValueError, match="another warm-up of the tower"):
+        benchmark.main([*tiny, "--rows", "avgpool", "--budgets", "16", "--reuse"])
