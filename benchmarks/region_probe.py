@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from delta_llava import DeltaLlavaConfig
-from delta_llava.modeling_delta_llava import PROJECTORS_READING_MEMORY, DeltaLlavaPreTrainedModel, build_projector
+from delta_llava.modeling_delta_llava import DeltaLlavaPreTrainedModel, build_projector, projector_inputs
 from delta_llava.projector_layers import sincos_position_embedding
 
 
@@ -87,9 +87,7 @@ def tower_hidden_states(tower, pixel_values: torch.Tensor, batch_size: int = 64,
 
 def project(projector: nn.Module, config: DeltaLlavaConfig, hidden_states: torch.Tensor, budget: int) -> torch.Tensor:
     """hidden_states (B, layers + 1, P, C) -> visual tokens (B, budget, D), read as the model reads them."""
-    states = hidden_states.float()
-    patch_features = states[:, config.vision_feature_layer]
-    memory = states[:, config.memory_layers] if config.projector_type in PROJECTORS_READING_MEMORY else None
+    patch_features, memory = projector_inputs(config, hidden_states.float().unbind(dim=1))
     return projector(patch_features, memory, config.check_num_visual_tokens(budget))
 
 

@@ -1,5 +1,6 @@
 """Delta-LLaVA: a vision tower, a token-efficient projector and a causal language model, in transformers' Llava style."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,22 @@ PROJECTORS_READING_MEMORY = ("delta", "tokenpacker")
 # The modules between the tower and the language model, trained as "the projector" (stage 1, LoRA's modules_to_save):
 # the projector itself and, with MaskInversion object features, the map of their embeddings to the tower's width.
 PROJECTOR_MODULES = ("multi_modal_projector", "object_embedding_map")
+
+
+def projector_inputs(
+    config: DeltaLlavaConfig, hidden_states: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    The tower's hidden states, one (I, T, C) tensor per layer (T = the N patches, after a CLS token where the tower
+    has one) -> patch_features (I, N, C) from `vision_feature_layer` and, for the projectors that read them, memory
+    (I, L, N, C) from `memory_layers` (else None).
+    """
+    num_patches = config.patch_grid_size**2
+    patch_features = hidden_states[config.vision_feature_layer][:, -num_patches:]
+    memory = None
+    if config.projector_type in PROJECTORS_READING_MEMORY:
+        memory = torch.stack([hidden_states[layer][:, -num_patches:] for layer in config.memory_layers], dim=1)
+    return patch_features, memory
 
 
 def build_projector(config: DeltaLlavaConfig) -> nn.Module:
@@ -188,17 +205,13 @@ class DeltaLlavaModel(DeltaLlavaPreTrainedModel):
             return_dict=True,
         )
         hidden_states = tower_outputs.hidden_states
-        num_patches = config.patch_grid_size**2
-        selected = hidden_states[config.vision_feature_layer]
-        patch_features = selected[:, -num_patches:]  # drops the CLS token of towers that have one
-        memory = None
-        if config.projector_type in PROJECTORS_READING_MEMORY:
-            memory = torch.stack([hidden_states[layer][:, -num_patches:] for layer in config.memory_layers], dim=1)
+        patch_features, memory = projector_inputs(config, hidden_states)
         features = self.project_patches(patch_features, memory, query_sides)
 
         reference_norm = patch_features.norm(dim=-1).mean(dim=1)  # (I,): Mask-LLaVA's norm scaling target
         if config.use_global_token:
-            has_cls = selected.shape[1] == num_patches + 1
+            selected = hidden_states[config.vision_feature_layer]
+            has_cls = selected.shape[1] == patch_features.shape[1] + 1
             global_feature = selected[:, :1] if has_cls else patch_features.mean(dim=1, keepdim=True)
             global_tokens = self.project_extra_tokens(scale_to_norm(global_feature, reference_norm), "global")
             features = [torch.cat([token, image]) for token, image in zip(global_tokens, features)]

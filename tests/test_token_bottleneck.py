@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import region_probe  # noqa: E402
 import token_bottleneck as benchmark  # noqa: E402
 
+from conftest import tiny_config  # noqa: E402
+from delta_llava import DeltaLlavaModel  # noqa: E402
 from delta_llava.training.synthetic_vqa import CELL_LABEL_NAMES  # noqa: E402
 
 
@@ -68,6 +70,21 @@ def test_probe_reads_cells_from_full_tokens_and_loses_them_when_pooled_to_one():
         scores[label] = outcome["scores"][budget]["filled"]
     assert scores["MLP"] > 0.6, scores
     assert scores["avgpool"] < 0.2, scores
+
+
+@pytest.mark.parametrize("projector", [{"projector_type": "delta", "memory_layers": [1, 2]}, {"projector_type": "avgpool"}])
+def test_probe_reads_the_tower_states_the_model_reads(projector):
+    """The probe projects cached, stacked hidden states; its tokens must be the model's for the same images (CLS token
+    dropped, patch features and memory levels taken from the same layers)."""
+    torch.manual_seed(0)
+    model = DeltaLlavaModel(tiny_config(vision_feature_layer=-2, **projector)).eval()
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = model.get_image_features(pixels, num_visual_tokens=16).pooler_output
+        states = model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        stacked = torch.stack([state[:, 1:] for state in states], dim=1)  # (2, layers + 1, 576, 32), CLS dropped
+        tokens = region_probe.project(model.multi_modal_projector, model.config, stacked, 16)
+    torch.testing.assert_close(tokens, torch.stack(list(expected)))
 
 
 def test_tiny_run_writes_results_and_reuse_extends_them(tmp_path, monkeypatch):
