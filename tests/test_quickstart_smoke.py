@@ -99,6 +99,19 @@ def test_train_budget_must_be_one_of_the_trained_budgets(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+def test_train_budget_weight_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--train_budget_weight 0 must be at least 1"):
+        quickstart.main(["--output_dir", str(tmp_path), "--train_budget_weight", "0"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_train_budget_is_drawn_as_often_as_its_weight():
+    args = quickstart.QuickStartArguments(elastic_budgets=[36, 9, 1], train_budget=9, train_budget_weight=3)
+    assert quickstart.elastic_budget_weights(args) == [1, 3, 1]
+    args.elastic_mode = "every_budget"  # every budget in every batch: nothing to weigh
+    assert quickstart.elastic_budget_weights(args) is None
+
+
 def test_checkpoint_and_plot_are_written(tiny_quickstart):
     out, results = tiny_quickstart
     checkpoint = out / "checkpoint"

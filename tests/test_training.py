@@ -7,8 +7,8 @@ import PIL.Image
 import pytest
 import torch
 
-from delta_llava.training.arguments import DeltaLlavaDataArguments
-from delta_llava.training.elastic_budget import batch_budget
+from delta_llava.training.arguments import DeltaLlavaDataArguments, DeltaLlavaModelArguments
+from delta_llava.training.elastic_budget import ElasticBudgetCollator, batch_budget
 from delta_llava.training.length_grouped_batches import ShuffledLengthGroupedSampler
 from delta_llava.training.model_builder import build_model_and_processor, count_parameters, set_trainable_parts
 from delta_llava.training.synthetic_vqa import make_synthetic_vqa
@@ -59,6 +59,29 @@ def test_tower_and_language_model_weights_come_from_their_folders(parts):
     assert all(torch.equal(loaded_tower[name], tensor) for name, tensor in tower.state_dict().items())
     assert torch.equal(model.lm_head.weight, language_model.lm_head.weight)
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+
+
+@pytest.mark.parametrize("source", ["towers", "checkpoint"])
+def test_attention_implementation_reaches_both_towers_and_computes_the_same(parts, tmp_path, source):
+    torch.manual_seed(0)
+    default, processor = build_model_and_processor(model_arguments(parts))
+    if source == "towers":
+        torch.manual_seed(0)
+        eager, _ = build_model_and_processor(model_arguments(parts, attn_implementation="eager"))
+    else:
+        default.save_pretrained(tmp_path / "checkpoint")
+        processor.save_pretrained(tmp_path / "checkpoint")
+        arguments = DeltaLlavaModelArguments(model_name_or_path=str(tmp_path / "checkpoint"), attn_implementation="eager")
+        eager, _ = build_model_and_processor(arguments)
+    assert default.model.language_model.config._attn_implementation == "sdpa"
+    assert eager.model.language_model.config._attn_implementation == "eager"
+    assert eager.model.vision_tower.config._attn_implementation == "eager"
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "what word is written ?"}, {"type": "image"}]}]
+    )
+    inputs = processor(images=[PIL.Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "red")], text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(eager.eval()(**inputs).logits, default.eval()(**inputs).logits, atol=1e-5, rtol=1e-4)
 
 
 def losses(trainer) -> list[float]:
@@ -185,6 +208,39 @@ def test_elastic_budgets_are_a_function_of_the_batch():
         {64: 100, 16: 100, 4: 100, 1: 100}, abs=35
     )
     assert drawn != [batch_budget(batch, [64, 16, 4, 1], seed=1) for batch in batches]
+
+
+class RecordingProcessor:
+    """Stands in for the processor: the budget the collator sets is what the wrapped collator sees."""
+
+    num_visual_tokens = 9
+
+
+def test_weighted_elastic_budgets_draw_each_budget_as_often_as_its_weight():
+    processor = RecordingProcessor()
+    collator = ElasticBudgetCollator(lambda examples: {"budget": processor.num_visual_tokens}, processor,
+                                     [36, 9, 1], seed=0, weights=[1, 3, 1])  # fmt: skip
+    batches = [[{"messages": [{"role": "user", "content": f"q{i}"}]}] for i in range(1000)]
+    drawn = [collator(batch)["num_visual_tokens"] for batch in batches]
+    assert all(collator(batch)["budget"] == budget for batch, budget in zip(batches[:20], drawn))
+    assert {budget: drawn.count(budget) for budget in (36, 9, 1)} == pytest.approx({36: 200, 9: 600, 1: 200}, abs=50)
+    # the same draws as listing 9 three times: a weighted run reproduces a run made with the repeated list
+    assert drawn == [batch_budget(batch, [36, 9, 9, 9, 1], seed=0) for batch in batches]
+
+
+@pytest.mark.parametrize(
+    ("weights", "mode", "message"),
+    [
+        ([1, 3], "one_per_batch", r"one whole number >= 1 per budget of elastic_budgets \[36, 9, 1\]"),
+        ([1, 0, 1], "one_per_batch", r"one whole number >= 1 per budget"),
+        ([1, 3, 1], "every_budget", r"need elastic_mode 'one_per_batch'"),
+    ],
+)
+def test_bad_budget_weights_name_the_fix(parts, weights, mode, message):
+    with pytest.raises(ValueError, match=message):
+        model_arguments(parts, elastic_budgets=[36, 9, 1], elastic_budget_weights=weights, elastic_mode=mode)
+    with pytest.raises(ValueError, match="without elastic_budgets"):
+        model_arguments(parts, elastic_budget_weights=[1])
 
 
 def test_invalid_elastic_budget_fails_before_training(parts, tmp_path):

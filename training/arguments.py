@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass, field
 
-from .elastic_budget import ELASTIC_MODES
+from .elastic_budget import ELASTIC_MODES, check_budget_weights
 
 STAGES = ("pretrain", "finetune")
 
@@ -36,6 +36,11 @@ class DeltaLlavaModelArguments:
         default="one_per_batch",
         metadata={"help": "With --elastic_budgets: one_per_batch (a budget drawn per batch) or every_budget (each "
                   "example at every budget in its batch: B x budgets rows, the loss covers all budgets every step)."},
+    )
+    elastic_budget_weights: list[int] | None = field(
+        default=None,
+        metadata={"help": "With --elastic_budgets and one_per_batch: how often each budget is drawn, relative to the "
+                  "others (whole numbers, one per budget; default: all alike). E.g. 1 1 3 1 over 36 16 9 1."},
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Hidden-state index of the patch features."})
     memory_layers: list[int] | None = field(
@@ -88,6 +93,11 @@ class DeltaLlavaModelArguments:
         default="float32",
         metadata={"help": "Weight dtype: float32 (mixed precision comes from --bf16), bfloat16 or float16 to save memory."},
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel of the tower and the language model: sdpa, eager, flash_attention_2, ... "
+                  "(default: transformers' choice, sdpa)."},
+    )
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
     cache_vision_features: bool = field(
         default=False, metadata={"help": "Memoise the frozen tower's outputs per image (small data, many epochs)."}
@@ -131,6 +141,8 @@ class DeltaLlavaModelArguments:
                                  '\'{"source": "openai/clip-vit-large-patch14-336"}\'.') from error
         if self.elastic_mode not in ELASTIC_MODES:
             raise ValueError(f"--elastic_mode {self.elastic_mode!r} is unknown. Allowed values: {list(ELASTIC_MODES)}.")
+        if self.elastic_budget_weights is not None:
+            check_budget_weights(self.elastic_budgets, self.elastic_budget_weights, self.elastic_mode)
         if self.cache_vision_features and not self.freeze_vision_tower:
             raise ValueError("--cache_vision_features needs --freeze_vision_tower true: a training tower changes.")
 

@@ -84,8 +84,9 @@ def build_from_towers(args: DeltaLlavaModelArguments, dtype: torch.dtype):
     )
     with init.no_init_weights():  # the towers are replaced right away; only the projector needs initialising
         model = DeltaLlavaForConditionalGeneration(config)
-    model.model.vision_tower = AutoModel.from_pretrained(args.vision_tower, config=vision_config, dtype=dtype)
-    language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
+    attention = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    model.model.vision_tower = AutoModel.from_pretrained(args.vision_tower, config=vision_config, dtype=dtype, **attention)
+    language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype, **attention)
     model.model.language_model = language_model.model
     model.lm_head = language_model.lm_head
     for part in model.model.projector_parts():
@@ -126,10 +127,12 @@ def build_model_and_processor(args: DeltaLlavaModelArguments, compute_dtype: tor
         model = convert_llava_to_delta_llava(args.llava_checkpoint, projector_type, dtype, **settings)
         tokenizer = tokenizer_with_image_token(args.llava_checkpoint)
         processor = build_processor(AutoImageProcessor.from_pretrained(args.llava_checkpoint), tokenizer, model.config)
-        return model, processor
     else:
-        return build_from_towers(args, dtype)
-    continue_with_checkpoint_settings(model, processor, args)
+        return build_from_towers(args, dtype)  # the towers are loaded with args.attn_implementation
+    if args.attn_implementation:
+        model.set_attn_implementation(args.attn_implementation)
+    if args.model_name_or_path:
+        continue_with_checkpoint_settings(model, processor, args)
     return model, processor
 
 

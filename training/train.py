@@ -89,7 +89,12 @@ def train(
         for budget in model_args.elastic_budgets:
             model.config.check_num_visual_tokens(budget, field="elastic_budgets")
         collator = ElasticBudgetCollator(
-            collator, processor, model_args.elastic_budgets, seed=training_args.seed, mode=model_args.elastic_mode
+            collator,
+            processor,
+            model_args.elastic_budgets,
+            seed=training_args.seed,
+            mode=model_args.elastic_mode,
+            weights=model_args.elastic_budget_weights,
         )
 
     train_dataset = load_training_data(data_args)
