@@ -22,6 +22,8 @@ SUMMARY_FIELDS = {
     "train_samples": "training samples",
     "num_visual_tokens": "visual tokens",
     "elastic_budgets": "budgets drawn per batch",
+    "elastic_budget_weights": "draws per budget (relative)",
+    "train_budget_weight": "draws at the default budget per draw at each other",
     "freeze_vision_tower": "vision tower frozen",
     "use_lora": "LoRA",
     "use_qlora": "QLoRA",
