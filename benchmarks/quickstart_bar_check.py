@@ -38,13 +38,25 @@ KERNEL_SETTINGS = {
 }
 
 
+WALL_TIME_FILE = "bar_check_wall_s.json"
+
+
 def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> float:
-    """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds."""
+    """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds,
+    also written to `folder/WALL_TIME_FILE` so that a later `--reuse` keeps them."""
     command = [sys.executable, "-m", "delta_llava.training.quickstart", "--seed", str(seed), "--output_dir", str(folder)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **KERNEL_SETTINGS[kernels]}
     started = time.time()
     subprocess.run([*command, *extra], env=environment, check=True)
-    return round(time.time() - started, 1)
+    wall_s = round(time.time() - started, 1)
+    (folder / WALL_TIME_FILE).write_text(json.dumps({"wall_s": wall_s}) + "\n")
+    return wall_s
+
+
+def reused_wall_time(folder: Path) -> float | None:
+    """The wall seconds an earlier run of this script recorded in `folder` (None if it was not run by it)."""
+    path = folder / WALL_TIME_FILE
+    return json.loads(path.read_text())["wall_s"] if path.is_file() else None
 
 
 def missed(run: dict, budget: str) -> str:
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--kernels", nargs="+", choices=list(KERNEL_SETTINGS), default=list(KERNEL_SETTINGS))
     parser.add_argument("--output_dir", default="outputs/quickstart_bar_check", help="one folder per run inside")
     parser.add_argument("--results_name", default="quickstart_bar_check", help="benchmarks/results/<name>.json/.png")
-    parser.add_argument("--reuse", action="store_true", help="keep runs whose folder already has a results.json")
+    parser.add_argument("--reuse", action="store_true", help="keep runs whose folder already has a results.json (and their wall times)")
     args = parser.parse_args(own)
     command = "python benchmarks/quickstart_bar_check.py " + " ".join(argv)
     runs = []
@@ -118,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             folder = Path(args.output_dir) / f"{kernels}_s{seed}"
             done = args.reuse and (folder / "results.json").is_file()
             print(f"{'Reusing' if done else 'Running'} {label} in {folder}", flush=True)
-            wall_s = None if done else run_quickstart(seed, kernels, folder, extra)
+            wall_s = reused_wall_time(folder) if done else run_quickstart(seed, kernels, folder, extra)
             run = load_run(label, folder)
             results = json.loads((folder / "results.json").read_text())
             runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": results["verdict"],
