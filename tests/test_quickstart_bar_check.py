@@ -54,8 +54,8 @@ def test_summary_json_plot_and_verdicts(check):
                 assert "(<" in cell
 
 
-def test_reuse_keeps_finished_runs(check, capsys):
-    root, _ = check
+def test_reuse_keeps_finished_runs_and_their_wall_times(check, capsys):
+    root, first = check
     patch = pytest.MonkeyPatch()
     patch.setattr(measure, "RESULTS_DIR", root / "results")
     patch.setattr(quickstart_bar_check, "run_quickstart", lambda *args: pytest.fail("a finished run was rerun"))
@@ -66,4 +66,5 @@ def test_reuse_keeps_finished_runs(check, capsys):
         )
     finally:
         patch.undo()
-    assert runs[0]["wall_s"] is None and "Reusing avx2 kernels, seed 3" in capsys.readouterr().out
+    assert "Reusing avx2 kernels, seed 3" in capsys.readouterr().out
+    assert runs[0]["wall_s"] == first[1]["wall_s"]  # the time measured when it ran, read back from its folder
