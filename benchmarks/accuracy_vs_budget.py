@@ -37,6 +37,11 @@ tower's features cached, for the same `--max_steps`, batch, learning rate and sc
   is the cosine between an embedding and the summed layer's output tokens, averaged, after the tower's post-layernorm
   (the warm-up trained the patch tokens, so that mean says what is in the scene; the class token was never trained).
 
+Dense scenes (issue 31's VQA measure): `--image_size 192 --patch_size 8 --scene_grid 8 --max_objects 30
+--question_types attribute position count existence` asks about 8x8 scenes of up to 30 small shapes (cells named
+"row3 col5"; counts up to 30) on the paper's 24x24 patch grid; text and caption are left out (the generator prints
+one word per scene, and a caption of 30 shapes is a ~150-word answer).
+
 Seeds (`--seeds`) apply to the row groups in `--seeded_rows` (default delta mlp ablations, whose differences are the
 small ones); the other groups run with the first seed. Every row records its wall time (its checkpoint's training
 plus its own evaluation), the accuracy per question type beside the majority-answer level of the test split, and
@@ -99,7 +104,13 @@ from delta_llava.training.quickstart import (  # noqa: E402
     build_vision_tower,
     small_training_config,
 )
-from delta_llava.training.synthetic_vqa import BACKGROUND, make_synthetic_vqa, question_text, split_words  # noqa: E402
+from delta_llava.training.synthetic_vqa import (  # noqa: E402
+    BACKGROUND,
+    QUESTION_TYPES,
+    make_synthetic_vqa,
+    question_text,
+    split_words,
+)
 from delta_llava.training.train import train  # noqa: E402
 from delta_llava.training.vision_feature_cache import cached_vision_tower  # noqa: E402
 from delta_llava.training.vqa_metrics import majority_baseline  # noqa: E402
@@ -108,7 +119,6 @@ QUICK_START = QuickStartArguments()  # every training setting defaults to the qu
 ROW_GROUPS = ("delta", "official", "mlp", "tokenpacker", "avgpool", "ablations", "elastic", "objects", "objects_inversion")
 OBJECT_ROWS = {"objects": "objects", "objects_inversion": "objects MaskInversion"}  # group -> series label
 ISSUE_BUDGETS = [144, 36, 16, 4, 1]
-SCENE_GRID = 3  # the synthetic scenes' grid of cells (make_synthetic_vqa's default)
 ABLATIONS = {
     "no EMHSA": {"use_emhsa": False},
     "no DeltaProjection": {"use_delta_projection": False},
@@ -338,10 +348,14 @@ def build_shared(args, grid: dict, work: Path) -> dict:
         timings[name] = round(time.time() - started - sum(timings.values()), 1)
         print(f"[{time.time() - started:6.0f}s] {name} done", flush=True)
 
-    train_set = make_synthetic_vqa(
-        args.train_samples, seed=args.data_seed, image_size=args.image_size, questions_per_scene=2
-    )
-    test_set = make_synthetic_vqa(args.test_samples, seed=args.data_seed + 1000, image_size=args.image_size)
+    scenes = {
+        "image_size": args.image_size,
+        "grid_size": args.scene_grid,
+        "max_objects": args.max_objects,
+        "question_types": args.question_types,
+    }
+    train_set = make_synthetic_vqa(args.train_samples, seed=args.data_seed, questions_per_scene=2, **scenes)
+    test_set = make_synthetic_vqa(args.test_samples, seed=args.data_seed + 1000, **scenes)
     train_set.save_to_disk(str(work / "data" / "train"))
     lap("synthetic data")
 
@@ -355,7 +369,7 @@ def build_shared(args, grid: dict, work: Path) -> dict:
         max_masks = max(len(image_stacks[0]) for image_stacks in stacks)
         lap("object masks")
 
-    tokenizer = build_tokenizer(work / "language_model", grid_size=SCENE_GRID)
+    tokenizer = build_tokenizer(work / "language_model", grid_size=args.scene_grid, max_objects=args.max_objects)
     build_language_model(
         work / "language_model", tokenizer, QUICK_START.language_model_layers, args.language_model_heads,
         seed=args.data_seed,
@@ -726,6 +740,11 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--warmup_learning_rate", type=float, default=QUICK_START.warmup_learning_rate, help="vision tower warm-up learning rate")
     parser.add_argument("--image_size", type=int, default=QUICK_START.image_size, help="side of the synthetic scenes, pixels")
     parser.add_argument("--patch_size", type=int, default=QUICK_START.patch_size, help="96 / 8 = 12x12 grid; 192 / 8 = 24x24")
+    parser.add_argument("--scene_grid", type=int, default=3, help="cells per side of a scene (8 with 192 px: dense)")
+    parser.add_argument("--max_objects", type=int, default=None,
+                        help="most shapes in a scene (default: the generator's, 4; at most scene_grid^2 - 1)")
+    parser.add_argument("--question_types", nargs="+", choices=QUESTION_TYPES, default=list(QUESTION_TYPES),
+                        help="asked in turn; on dense scenes leave out text and caption (one word, whole-scene lists)")
     parser.add_argument("--data_seed", type=int, default=0, help="synthetic data and tower warm-up (same every row)")
     parser.add_argument("--eval_batch_size", type=int, default=32, help="questions per generate call in evaluation")
     parser.add_argument("--learned_margin", type=float, default=0.05,

@@ -170,3 +170,29 @@ def test_tiny_run_inversion_checkpoint_reads_embeddings(tiny_run):
     assert embeddings[0][0] == embeddings[1][0]  # two questions per scene share one inversion
     tower = transformers.CLIPVisionModelWithProjection.from_pretrained(root / "work" / "inversion_tower")
     assert torch.equal(tower.visual_projection.weight, torch.eye(64))
+
+
+def test_dense_scenes_reach_data_tokenizer_and_rows(tmp_path):
+    """--scene_grid/--max_objects/--question_types: the VQA rows of issue 31's dense scenes, in the same harness."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(measure, "RESULTS_DIR", tmp_path / "results")
+    dense_types = ["attribute", "position", "count", "existence"]
+    try:
+        payload = benchmark.main(
+            ["--rows", "avgpool", "--budgets", "4", "--seeds", "0", "--train_samples", "24", "--test_samples", "16",
+             "--max_steps", "2", "--batch_size", "4", "--warmup_steps", "2", "--image_size", "32", "--patch_size", "4",
+             "--scene_grid", "4", "--max_objects", "12", "--question_types", *dense_types,
+             "--output_dir", str(tmp_path / "work"), "--results_name", "dense"]  # fmt: skip
+        )
+    finally:
+        patch.undo()
+    train = datasets.load_from_disk(str(tmp_path / "work" / "data" / "train"))
+    assert set(train["question_type"]) == set(dense_types)
+    assert any(answer.startswith("row") and " col" in answer for answer in train["answer"])  # 4x4 cell names
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "work" / "language_model")
+    for ids in tokenizer(["12", "row4 col4"], add_special_tokens=False)["input_ids"]:  # counts up to --max_objects
+        assert tokenizer.unk_token_id not in ids
+    (row,) = payload["rows"]
+    assert set(row["accuracy"]) == {*dense_types, "overall"}
+    settings = payload["settings"]
+    assert (settings["scene_grid"], settings["max_objects"], settings["question_types"]) == (4, 12, dense_types)

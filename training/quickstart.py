@@ -163,8 +163,9 @@ def quick_start_projector(args: QuickStartArguments) -> dict:
     return {**small_projector(), "query_positions": args.query_positions}
 
 
-def build_tokenizer(directory: Path, grid_size: int):
-    tokenizer = build_word_level_tokenizer(word_vocabulary(grid_size))
+def build_tokenizer(directory: Path, grid_size: int, max_objects: int | None = None):
+    """A word-level tokenizer over every word of the synthetic set with this grid and object cap, saved to `directory`."""
+    tokenizer = build_word_level_tokenizer(word_vocabulary(grid_size, max_objects))
     tokenizer.save_pretrained(directory)
     return tokenizer
 
