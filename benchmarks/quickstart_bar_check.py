@@ -59,11 +59,26 @@ def reused_wall_time(folder: Path) -> float | None:
     return json.loads(path.read_text())["wall_s"] if path.is_file() else None
 
 
+def closest_margin(run: dict, budget: str) -> tuple[str, float]:
+    """The bar's condition at `budget` with the least room, and the room: accuracy minus what the bar asks of it
+    (the overall gain over the majority answer minus the needed gain for "overall")."""
+    verdict = run["verdict"][budget]
+    full = verdict["bar"] == "full"
+    rooms = {"overall": verdict["gain_over_majority"] - (OVERALL_MARGIN if full else SMALL_BUDGET_MARGIN)}
+    if full:
+        accuracy, majority = run["accuracy"][budget], run["majority"]
+        rooms.update({name: accuracy[name] - majority[name] - TYPE_MARGIN for name in majority if name != "overall"})
+    name = min(rooms, key=rooms.get)
+    return name, round(rooms[name], 4)
+
+
 def missed(run: dict, budget: str) -> str:
-    """'met', or what missed the bar at `budget`: e.g. 'existence 0.505 (<0.550); overall +0.21'."""
+    """'met (closest: position +0.005)', or what missed the bar at `budget`: e.g. 'existence 0.505 (<0.550); overall
+    +0.21'."""
     verdict = run["verdict"][budget]
     if verdict["meets_bar"]:
-        return "met"
+        name, room = closest_margin(run, budget)
+        return f"met (closest: {name} {room:+.3f})"
     parts = [
         f"{name} {run['accuracy'][budget][name]:.3f} (<{run['majority'][name] + TYPE_MARGIN:.3f})"
         for name in verdict["types_under_margin"]

@@ -49,8 +49,11 @@ def test_summary_json_plot_and_verdicts(check):
     assert headers == ["run", "wall s", "9 tok", "1 tok"]
     for run, row in zip(runs, rows):
         for budget, cell in zip(("9", "1"), row[2:]):
-            assert (cell == "met") == run["verdict"][budget]["meets_bar"]
-            if cell != "met":  # names what missed: a type under its margin or the overall gain
+            assert cell.startswith("met") == run["verdict"][budget]["meets_bar"]
+            if cell.startswith("met"):  # with the condition that has the least room, and that room
+                name, room = quickstart_bar_check.closest_margin(run, budget)
+                assert room >= -1e-9 and cell == f"met (closest: {name} {room:+.3f})"
+            else:  # names what missed: a type under its margin or the overall gain
                 assert "(<" in cell
 
 
@@ -68,3 +71,14 @@ def test_reuse_keeps_finished_runs_and_their_wall_times(check, capsys):
         patch.undo()
     assert "Reusing avx2 kernels, seed 3" in capsys.readouterr().out
     assert runs[0]["wall_s"] == first[1]["wall_s"]  # the time measured when it ran, read back from its folder
+
+
+def test_closest_margin_names_the_tightest_condition():
+    run = {
+        "majority": {"position": 0.12, "caption": 0.02, "overall": 0.22},
+        "accuracy": {"36": {"position": 0.175, "caption": 0.10, "overall": 0.50},
+                     "1": {"position": 0.05, "caption": 0.0, "overall": 0.35}},  # fmt: skip
+        "verdict": {"36": {"bar": "full", "gain_over_majority": 0.28}, "1": {"bar": "overall", "gain_over_majority": 0.13}},
+    }
+    assert quickstart_bar_check.closest_margin(run, "36") == ("position", 0.005)  # 0.175 - 0.12 - 0.05
+    assert quickstart_bar_check.closest_margin(run, "1") == ("overall", 0.03)  # only the overall gain is judged at 1
