@@ -43,7 +43,7 @@ WALL_TIME_FILE = "bar_check_wall_s.json"
 
 def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> float:
     """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds,
-    also written to `folder/WALL_TIME_FILE` so that a later `--reuse` keeps them."""
+    which it also writes to `folder/WALL_TIME_FILE` so that a later `--reuse` keeps them."""
     command = [sys.executable, "-m", "delta_llava.training.quickstart", "--seed", str(seed), "--output_dir", str(folder)]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **KERNEL_SETTINGS[kernels]}
     started = time.time()
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--kernels", nargs="+", choices=list(KERNEL_SETTINGS), default=list(KERNEL_SETTINGS))
     parser.add_argument("--output_dir", default="outputs/quickstart_bar_check", help="one folder per run inside")
     parser.add_argument("--results_name", default="quickstart_bar_check", help="benchmarks/results/<name>.json/.png")
-    parser.add_argument("--reuse", action="store_true", help="keep runs whose folder already has a results.json (and their wall times)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep runs whose folder already has a results.json (and their wall times)"
+    )
     args = parser.parse_args(own)
     command = "python benchmarks/quickstart_bar_check.py " + " ".join(argv)
     runs = []
