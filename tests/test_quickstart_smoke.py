@@ -105,6 +105,12 @@ def test_train_budget_weight_below_one_is_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_an_attention_kernel_the_cpu_run_cannot_use_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--attn_implementation 'flash_attention_2' is not a CPU attention kernel"):
+        quickstart.main(["--output_dir", str(tmp_path), "--attn_implementation", "flash_attention_2"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_train_budget_is_drawn_as_often_as_its_weight():
     args = quickstart.QuickStartArguments(elastic_budgets=[36, 9, 1], train_budget=9, train_budget_weight=3)
     assert quickstart.elastic_budget_weights(args) == [1, 3, 1]
