@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import measure  # noqa: E402
-from delta_llava.training.budget_report import BAR_TEXT, OVERALL_MARGIN, SMALL_BUDGET_MARGIN, TYPE_MARGIN  # noqa: E402
+from delta_llava.training.budget_report import BAR_TEXT, OVERALL_MARGIN, TYPE_MARGIN, learning_verdict  # noqa: E402
 from quickstart_runs import load_run  # noqa: E402
 
 KERNEL_SETTINGS = {
@@ -60,32 +60,27 @@ def reused_wall_time(folder: Path) -> float | None:
 
 
 def closest_margin(run: dict, budget: str) -> tuple[str, float]:
-    """The bar's condition at `budget` with the least room, and the room: accuracy minus what the bar asks of it
-    (the overall gain over the majority answer minus the needed gain for "overall")."""
-    verdict = run["verdict"][budget]
-    full = verdict["bar"] == "full"
-    rooms = {"overall": verdict["gain_over_majority"] - (OVERALL_MARGIN if full else SMALL_BUDGET_MARGIN)}
-    if full:
-        accuracy, majority = run["accuracy"][budget], run["majority"]
-        rooms.update({name: accuracy[name] - majority[name] - TYPE_MARGIN for name in majority if name != "overall"})
-    name = min(rooms, key=rooms.get)
-    return name, round(rooms[name], 4)
+    """The bar's condition at `budget` with the least room (`learning_verdict`'s), and that room."""
+    room = run["verdict"][budget]["room"]
+    name = min(room, key=room.get)
+    return name, room[name]
 
 
 def missed(run: dict, budget: str) -> str:
     """'met (closest: position +0.005)', or what missed the bar at `budget`: e.g. 'existence 0.505 (<0.550); overall
-    +0.21'."""
+    +0.21 (<+0.25)'."""
     verdict = run["verdict"][budget]
     if verdict["meets_bar"]:
         name, room = closest_margin(run, budget)
         return f"met (closest: {name} {room:+.3f})"
+    accuracy = run["accuracy"][budget]
     parts = [
-        f"{name} {run['accuracy'][budget][name]:.3f} (<{run['majority'][name] + TYPE_MARGIN:.3f})"
-        for name in verdict["types_under_margin"]
-    ] if verdict["bar"] == "full" else []  # fmt: skip
-    needed = OVERALL_MARGIN if verdict["bar"] == "full" else SMALL_BUDGET_MARGIN
-    if verdict["gain_over_majority"] < needed:
-        parts.append(f"overall +{verdict['gain_over_majority']:.3f} (<+{needed:.2f})")
+        f"{name} {accuracy[name]:.3f} (<{accuracy[name] - room:.3f})"
+        if name != "overall"
+        else f"overall +{verdict['gain_over_majority']:.3f} (<+{verdict['gain_over_majority'] - room:.2f})"
+        for name, room in verdict["room"].items()
+        if room < -1e-9
+    ]
     return "; ".join(parts)
 
 
@@ -150,7 +145,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             wall_s = reused_wall_time(folder) if done else run_quickstart(seed, kernels, folder, extra)
             run = load_run(label, folder)
             results = json.loads((folder / "results.json").read_text())
-            runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": results["verdict"],
+            verdict = learning_verdict(results, results["arguments"]["elastic_budgets"])  # with `room`, also for old runs
+            runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": verdict,
                          "quickstart_arguments": extra})  # fmt: skip
             payload = {"bar": BAR_TEXT, "runs": runs,
                        "all_met": all(v["meets_bar"] is not False for r in runs for v in r["verdict"].values())}  # fmt: skip

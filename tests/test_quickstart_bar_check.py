@@ -73,12 +73,17 @@ def test_reuse_keeps_finished_runs_and_their_wall_times(check, capsys):
     assert runs[0]["wall_s"] == first[1]["wall_s"]  # the time measured when it ran, read back from its folder
 
 
-def test_closest_margin_names_the_tightest_condition():
-    run = {
-        "majority": {"position": 0.12, "caption": 0.02, "overall": 0.22},
-        "accuracy": {"36": {"position": 0.175, "caption": 0.10, "overall": 0.50},
-                     "1": {"position": 0.05, "caption": 0.0, "overall": 0.35}},  # fmt: skip
-        "verdict": {"36": {"bar": "full", "gain_over_majority": 0.28}, "1": {"bar": "overall", "gain_over_majority": 0.13}},
-    }
+def test_closest_margin_and_misses_read_the_rooms_of_the_quick_starts_verdict():
+    from delta_llava.training.budget_report import learning_verdict
+
+    majority = {"position": 0.12, "caption": 0.02, "overall": 0.22}
+    accuracy = {"36": {"position": 0.175, "caption": 0.10, "overall": 0.50},
+                "16": {"position": 0.16, "caption": 0.10, "overall": 0.46},
+                "1": {"position": 0.05, "caption": 0.0, "overall": 0.35}}  # fmt: skip
+    nested = {name: {"accuracy": value} for name, value in majority.items()}
+    results = {"majority": nested, "budgets": {b: {n: {"accuracy": v} for n, v in a.items()} for b, a in accuracy.items()}}
+    run = {"majority": majority, "accuracy": accuracy, "verdict": learning_verdict(results, [36, 16, 1])}
     assert quickstart_bar_check.closest_margin(run, "36") == ("position", 0.005)  # 0.175 - 0.12 - 0.05
     assert quickstart_bar_check.closest_margin(run, "1") == ("overall", 0.03)  # only the overall gain is judged at 1
+    assert quickstart_bar_check.missed(run, "36") == "met (closest: position +0.005)"
+    assert quickstart_bar_check.missed(run, "16") == "position 0.160 (<0.170); overall +0.240 (<+0.25)"

@@ -90,6 +90,8 @@ def test_bar_margins_issue_32():
         "36": True, "16": False, "9": False, "1": True, "4": None
     }
     assert verdict["16"]["types_under_margin"] == ["existence"] and verdict["36"]["types_under_margin"] == []
+    assert verdict["16"]["room"] == {"existence": -0.001, "position": 0.735, "overall": 0.43}  # what each condition has left
+    assert verdict["1"]["room"] == {"overall": 0.0} and verdict["4"]["room"] == {}
     assert learning_verdict({**results, "budgets": {"1": scores(0.5, 0.1, 0.319)}}, [1])["1"]["meets_bar"] is False
 
 

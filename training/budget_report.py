@@ -78,24 +78,30 @@ def bar_for(budget: int, trained_budgets: list[int]) -> str | None:
 
 def learning_verdict(results: dict, trained_budgets: list[int]) -> dict:
     """Per budget: overall accuracy minus the majority level, the types less than TYPE_MARGIN above their majority
-    level, the bar that applies (`bar_for`) and whether it is met (None where no bar applies)."""
+    level, the bar that applies (`bar_for`), whether it is met (None where no bar applies) and `room`: per condition
+    of that bar, how far the run is above what it asks (a type's accuracy minus its majority level + TYPE_MARGIN;
+    "overall": the gain minus the margin asked), negative where it missed."""
     majority = results["majority"]
     verdict = {}
     for budget, scores in results["budgets"].items():
         gain = scores["overall"]["accuracy"] - majority["overall"]["accuracy"]
-        lagging = [
-            name
-            for name in question_types(results)
-            if scores[name]["accuracy"] < majority[name]["accuracy"] + TYPE_MARGIN - 1e-9
-        ]
+        type_room = {
+            name: scores[name]["accuracy"] - majority[name]["accuracy"] - TYPE_MARGIN for name in question_types(results)
+        }
         bar = bar_for(int(budget), trained_budgets)
-        meets = {
-            "full": gain >= OVERALL_MARGIN - 1e-9 and not lagging,
-            "overall": gain >= SMALL_BUDGET_MARGIN - 1e-9,
-            None: None,
+        room = {
+            "full": {**type_room, "overall": gain - OVERALL_MARGIN},
+            "overall": {"overall": gain - SMALL_BUDGET_MARGIN},
+            None: {},
         }[bar]
-        verdict[budget] = {"gain_over_majority": round(gain, 4), "types_under_margin": lagging,
-                           "trained": bar is not None, "bar": bar, "meets_bar": meets}  # fmt: skip
+        verdict[budget] = {
+            "gain_over_majority": round(gain, 4),
+            "types_under_margin": [name for name, value in type_room.items() if value < -1e-9],
+            "trained": bar is not None,
+            "bar": bar,
+            "meets_bar": all(value >= -1e-9 for value in room.values()) if bar else None,
+            "room": {name: round(value, 4) for name, value in room.items()},
+        }
     return verdict
 
 
