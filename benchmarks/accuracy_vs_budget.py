@@ -371,7 +371,7 @@ def build_shared(args, grid: dict, work: Path) -> dict:
 
     tokenizer = build_tokenizer(work / "language_model", grid_size=args.scene_grid, max_objects=args.max_objects)
     build_language_model(
-        work / "language_model", tokenizer, QUICK_START.language_model_layers, args.language_model_heads,
+        work / "language_model", tokenizer, args.language_model_layers, args.language_model_heads,
         seed=args.data_seed,
     )
     tower_args = QuickStartArguments(
@@ -734,8 +734,10 @@ def parse_arguments(argv: list[str] | None):
     parser.add_argument("--max_steps", type=int, default=QUICK_START.train_steps, help="training steps of every row")
     parser.add_argument("--batch_size", type=int, default=QUICK_START.batch_size, help="training batch size")
     parser.add_argument("--learning_rate", type=float, default=QUICK_START.learning_rate, help="training learning rate")
+    parser.add_argument("--language_model_layers", type=int, default=3,
+                        help="layers of the small Llama: 3, as every recorded table")
     parser.add_argument("--language_model_heads", type=int, default=8,
-                        help="heads of the small Llama: 8, as every recorded table (the quick start now uses 16)")
+                        help="heads of the small Llama: 8, as every recorded table (the quick start uses 32)")
     parser.add_argument("--warmup_steps", type=int, default=QUICK_START.warmup_steps, help="vision tower warm-up steps")
     parser.add_argument("--warmup_learning_rate", type=float, default=QUICK_START.warmup_learning_rate, help="vision tower warm-up learning rate")
     parser.add_argument("--image_size", type=int, default=QUICK_START.image_size, help="side of the synthetic scenes, pixels")
