@@ -2,6 +2,7 @@
 
     python benchmarks/quickstart_bar_check.py                      # seeds 0-4 x (default, avx2): 10 runs, ~2 hours
     python benchmarks/quickstart_bar_check.py --seeds 5 6 --kernels avx2 -- --train_steps 4000
+    python benchmarks/quickstart_bar_check.py --merge part_1 part_2 --results_name quickstart_bar_check
 
 A result that holds only on the machine that made it is luck: other CPUs round differently, and the quick start's
 learning has tipping points that rounding moves. `avx2` runs a quick start with `ATEN_CPU_CAPABILITY=avx2
@@ -12,7 +13,8 @@ summary is rewritten, so a cut-short check keeps its runs: `benchmarks/results/<
 seed, kernels, wall time, accuracy per budget and type, the verdict per budget and the learning curves if measured)
 and `.png` (per question type, every run's accuracy at every budget beside majority + the type margin). The bar is
 the quick start's own (`delta_llava.training.budget_report`); the printed table says, per run and budget, "met" or
-the types and margins that missed it.
+the types and margins that missed it. `--merge A B ...` instead joins the runs of earlier summaries (a check run in
+pieces, in parallel or on several machines) into one, refusing repeated runs and runs trained with other settings.
 """
 
 import argparse
@@ -118,6 +120,34 @@ def plot_runs(runs: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def merged_runs(results_names: list[str]) -> list[dict]:
+    """The runs of `benchmarks/results/<name>.json` for every name, in order; raises ValueError if a seed and kernel
+    setting repeats or the runs were given other quick-start arguments (they would not be one check)."""
+    runs = []
+    for name in results_names:
+        path = measure.RESULTS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: --merge takes the --results_name of earlier checks.")
+        runs += json.loads(path.read_text())["runs"]
+    seen = [(run["seed"], run["kernels"]) for run in runs]
+    repeated = sorted({key for key in seen if seen.count(key) > 1})
+    if repeated:
+        raise ValueError(f"--merge got these (seed, kernels) more than once: {repeated}; leave out one of their files.")
+    settings = {tuple(run["quickstart_arguments"]) for run in runs}
+    if len(settings) > 1:
+        raise ValueError(f"--merge got runs trained with different quick-start arguments {sorted(settings)}: "
+                         "merge only the runs of one recipe.")  # fmt: skip
+    return runs
+
+
+def write_summary(runs: list[dict], results_name: str, command: str) -> tuple[Path, bool]:
+    """Writes the JSON summary and its plot; returns the JSON's path and whether every run met the bar."""
+    all_met = all(verdict["meets_bar"] is not False for run in runs for verdict in run["verdict"].values())
+    path = measure.write_results(results_name, {"bar": BAR_TEXT, "runs": runs, "all_met": all_met}, command)
+    plot_runs(runs, path.with_suffix(".png"))
+    return path, all_met
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -133,10 +163,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--reuse", action="store_true", help="keep runs whose folder already has a results.json (and their wall times)"
     )
+    parser.add_argument(
+        "--merge", nargs="+", metavar="RESULTS_NAME", help="join the runs of these earlier summaries; runs nothing"
+    )
     args = parser.parse_args(own)
     command = "python benchmarks/quickstart_bar_check.py " + " ".join(argv)
-    runs = []
-    for kernels in args.kernels:
+    runs = merged_runs(args.merge) if args.merge else []
+    for kernels in [] if args.merge else args.kernels:
         for seed in args.seeds:
             label = f"{kernels} kernels, seed {seed}"
             folder = Path(args.output_dir) / f"{kernels}_s{seed}"
@@ -148,12 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             verdict = learning_verdict(results, results["arguments"]["elastic_budgets"])  # with `room`, also for old runs
             runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": verdict,
                          "quickstart_arguments": extra})  # fmt: skip
-            payload = {"bar": BAR_TEXT, "runs": runs,
-                       "all_met": all(v["meets_bar"] is not False for r in runs for v in r["verdict"].values())}  # fmt: skip
-            path = measure.write_results(args.results_name, payload, command)
-            plot_runs(runs, path.with_suffix(".png"))
+            path, all_met = write_summary(runs, args.results_name, command)
+    if args.merge:
+        path, all_met = write_summary(runs, args.results_name, command)
     measure.print_table(*summary_table(runs))
-    print(f"\nBar met in every run and budget: {payload['all_met']}. Wrote {path} and {path.with_suffix('.png')}.")
+    print(f"\nBar met in every run and budget: {all_met}. Wrote {path} and {path.with_suffix('.png')}.")
     return runs
 
 

@@ -73,6 +73,25 @@ def test_reuse_keeps_finished_runs_and_their_wall_times(check, capsys):
     assert runs[0]["wall_s"] == first[1]["wall_s"]  # the time measured when it ran, read back from its folder
 
 
+def test_merge_joins_earlier_summaries_and_refuses_repeats_or_other_settings(check, tmp_path, monkeypatch):
+    _, runs = check
+    monkeypatch.setattr(measure, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(quickstart_bar_check, "run_quickstart", lambda *args: pytest.fail("--merge ran a quick start"))
+    other_recipe = {**runs[1], "quickstart_arguments": [*TINY, "--learning_rate", "1e-3"]}
+    for name, part in {"part_1": [runs[0]], "part_2": [runs[1]], "other_recipe": [other_recipe]}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"runs": part}))
+    merged = quickstart_bar_check.main(["--merge", "part_1", "part_2", "--results_name", "joined"])
+    record = json.loads((tmp_path / "joined.json").read_text())
+    assert [run["label"] for run in merged] == [run["label"] for run in runs] == [r["label"] for r in record["runs"]]
+    assert record["all_met"] == all(v["meets_bar"] for run in runs for v in run["verdict"].values())
+    assert (tmp_path / "joined.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="more than once"):
+        quickstart_bar_check.main(["--merge", "part_1", "part_1", "--results_name", "repeated"])
+    with pytest.raises(ValueError, match="different quick-start arguments"):
+        quickstart_bar_check.main(["--merge", "part_1", "other_recipe", "--results_name", "mixed"])
+    assert not (tmp_path / "repeated.json").exists() and not (tmp_path / "mixed.json").exists()  # nothing written half
+
+
 def test_closest_margin_and_misses_read_the_rooms_of_the_quick_starts_verdict():
     from delta_llava.training.budget_report import learning_verdict
 
