@@ -7,10 +7,12 @@
 A result that holds only on the machine that made it is luck: other CPUs round differently, and the quick start's
 learning has tipping points that rounding moves. `avx2` runs a quick start with `ATEN_CPU_CAPABILITY=avx2
 MKL_ENABLE_INSTRUCTIONS=AVX2`, so torch and MKL take other kernels, as on another machine; `default` leaves the
-machine's own. Each run is `delta-llava-quickstart --seed S --output_dir <output_dir>/<kernels>_s<S>` plus what
+machine's own. On a CPU without AVX-512 those two are the same kernels (torch's own choice is AVX2 there), so
+`generic` (`ATEN_CPU_CAPABILITY=default`, torch's unvectorised kernels, ~1.4x slower steps) gives other rounding; each
+run records the kernels torch took (`cpu_capability`). Each run is `delta-llava-quickstart --seed S --output_dir <output_dir>/<kernels>_s<S>` plus what
 follows `--`, timed by wall clock (run nothing beside it: the times are what the issue bounds). After every run the
 summary is rewritten, so a cut-short check keeps its runs: `benchmarks/results/<results_name>.json` (per run the
-seed, kernels, wall time, accuracy per budget and type, the verdict per budget and the learning curves if measured)
+seed, kernels, torch's CPU capability, wall time, accuracy per budget and type, the verdict per budget and the learning curves if measured)
 and `.png` (per question type, every run's accuracy at every budget beside majority + the type margin). The bar is
 the quick start's own (`delta_llava.training.budget_report`); the printed table says, per run and budget, "met" or
 the types and margins that missed it. `--merge A B ...` instead joins the runs of earlier summaries (a check run in
@@ -37,28 +39,39 @@ from quickstart_runs import load_run  # noqa: E402
 KERNEL_SETTINGS = {
     "default": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    # torch's unvectorised kernels: other rounding where the machine's own are AVX2 (so `avx2` changes nothing there)
+    "generic": {"ATEN_CPU_CAPABILITY": "default"},
 }
+DEFAULT_KERNELS = ["default", "avx2"]
+
+RUN_RECORD_FILE = "bar_check_wall_s.json"
 
 
-WALL_TIME_FILE = "bar_check_wall_s.json"
+def kernel_environment(kernels: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **KERNEL_SETTINGS[kernels]}
 
 
-def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> float:
-    """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds,
-    which it also writes to `folder/WALL_TIME_FILE` so that a later `--reuse` keeps them."""
+def cpu_capability(kernels: str) -> str:
+    """The kernels torch picks under the setting on this machine, e.g. 'AVX512', 'AVX2' or 'DEFAULT'."""
+    query = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+    return subprocess.run(query, env=kernel_environment(kernels), check=True, capture_output=True, text=True).stdout.strip()
+
+
+def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> dict:
+    """One quick start in a fresh process with the kernel settings in its environment; returns its wall seconds and
+    torch's CPU kernels, also written to `folder/RUN_RECORD_FILE` so that a later `--reuse` keeps them."""
     command = [sys.executable, "-m", "delta_llava.training.quickstart", "--seed", str(seed), "--output_dir", str(folder)]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **KERNEL_SETTINGS[kernels]}
     started = time.time()
-    subprocess.run([*command, *extra], env=environment, check=True)
-    wall_s = round(time.time() - started, 1)
-    (folder / WALL_TIME_FILE).write_text(json.dumps({"wall_s": wall_s}) + "\n")
-    return wall_s
+    subprocess.run([*command, *extra], env=kernel_environment(kernels), check=True)
+    record = {"wall_s": round(time.time() - started, 1), "cpu_capability": cpu_capability(kernels)}
+    (folder / RUN_RECORD_FILE).write_text(json.dumps(record) + "\n")
+    return record
 
 
-def reused_wall_time(folder: Path) -> float | None:
-    """The wall seconds an earlier run of this script recorded in `folder` (None if it was not run by it)."""
-    path = folder / WALL_TIME_FILE
-    return json.loads(path.read_text())["wall_s"] if path.is_file() else None
+def reused_record(folder: Path) -> dict:
+    """What an earlier run of this script recorded in `folder` (wall_s None if it was not run by it)."""
+    path = folder / RUN_RECORD_FILE
+    return {"cpu_capability": None, **json.loads(path.read_text())} if path.is_file() else {"wall_s": None}
 
 
 def closest_margin(run: dict, budget: str) -> tuple[str, float]:
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         epilog="Arguments after -- go to delta-llava-quickstart unchanged.",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--kernels", nargs="+", choices=list(KERNEL_SETTINGS), default=list(KERNEL_SETTINGS))
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNEL_SETTINGS), default=DEFAULT_KERNELS)
     parser.add_argument("--output_dir", default="outputs/quickstart_bar_check", help="one folder per run inside")
     parser.add_argument("--results_name", default="quickstart_bar_check", help="benchmarks/results/<name>.json/.png")
     parser.add_argument(
@@ -175,11 +188,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             folder = Path(args.output_dir) / f"{kernels}_s{seed}"
             done = args.reuse and (folder / "results.json").is_file()
             print(f"{'Reusing' if done else 'Running'} {label} in {folder}", flush=True)
-            wall_s = reused_wall_time(folder) if done else run_quickstart(seed, kernels, folder, extra)
+            record = reused_record(folder) if done else run_quickstart(seed, kernels, folder, extra)
             run = load_run(label, folder)
             results = json.loads((folder / "results.json").read_text())
             verdict = learning_verdict(results, results["arguments"]["elastic_budgets"])  # with `room`, also for old runs
-            runs.append({**run, "seed": seed, "kernels": kernels, "wall_s": wall_s, "verdict": verdict,
+            runs.append({**run, "seed": seed, "kernels": kernels, **record, "verdict": verdict,
                          "quickstart_arguments": extra})  # fmt: skip
             path, all_met = write_summary(runs, args.results_name, command)
     if args.merge:

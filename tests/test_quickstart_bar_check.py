@@ -38,6 +38,12 @@ def test_every_seed_and_kernel_setting_runs_once(check):
         arguments = json.loads((folder / "results.json").read_text())["arguments"]
         assert arguments["seed"] == 3 and arguments["train_steps"] == 2  # the arguments after -- reached the run
         assert run["wall_s"] > 0 and set(run["verdict"]) == {"9", "1"}
+    recorded = [run["cpu_capability"] for run in runs]  # each from the run's own environment
+    assert recorded == [quickstart_bar_check.cpu_capability(kernels) for kernels in ("default", "avx2")]
+
+
+def test_generic_kernels_are_torchs_unvectorised_ones_on_any_cpu():
+    assert quickstart_bar_check.cpu_capability("generic") == "DEFAULT"
 
 
 def test_summary_json_plot_and_verdicts(check):
