@@ -82,9 +82,11 @@ def closest_margin(run: dict, budget: str) -> tuple[str, float]:
 
 
 def missed(run: dict, budget: str) -> str:
-    """'met (closest: position +0.005)', or what missed the bar at `budget`: e.g. 'existence 0.505 (<0.550); overall
-    +0.21 (<+0.25)'."""
+    """'met (closest: position +0.005)', what missed the bar at `budget` (e.g. 'existence 0.505 (<0.550); overall
+    +0.21 (<+0.25)'), or 'not judged' at a budget the run did not train."""
     verdict = run["verdict"][budget]
+    if verdict["meets_bar"] is None:
+        return "not judged"
     if verdict["meets_bar"]:
         name, room = closest_margin(run, budget)
         return f"met (closest: {name} {room:+.3f})"
@@ -126,7 +128,7 @@ def plot_runs(runs: list[dict], path: Path) -> None:
         axis.minorticks_off()
         axis.set_title(f"{name} (dotted: majority +{margin:.2f})", fontsize=8)
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (solid: default kernels, dashed: avx2)")
+    axes[0][0].set_ylabel("accuracy (solid: default kernels, dashed: others)")
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -107,7 +107,9 @@ def test_closest_margin_and_misses_read_the_rooms_of_the_quick_starts_verdict():
                 "1": {"position": 0.05, "caption": 0.0, "overall": 0.35}}  # fmt: skip
     nested = {name: {"accuracy": value} for name, value in majority.items()}
     results = {"majority": nested, "budgets": {b: {n: {"accuracy": v} for n, v in a.items()} for b, a in accuracy.items()}}
-    run = {"majority": majority, "accuracy": accuracy, "verdict": learning_verdict(results, [36, 16, 1])}
+    run = {"majority": majority, "accuracy": accuracy, "verdict": learning_verdict(results, [36, 1])}
+    assert quickstart_bar_check.missed(run, "16") == "not judged"  # not trained: the quick start judges no bar there
+    run["verdict"] = learning_verdict(results, [36, 16, 1])
     assert quickstart_bar_check.closest_margin(run, "36") == ("position", 0.005)  # 0.175 - 0.12 - 0.05
     assert quickstart_bar_check.closest_margin(run, "1") == ("overall", 0.03)  # only the overall gain is judged at 1
     assert quickstart_bar_check.missed(run, "36") == "met (closest: position +0.005)"
