@@ -9,14 +9,15 @@ learning has tipping points that rounding moves. `avx2` runs a quick start with 
 MKL_ENABLE_INSTRUCTIONS=AVX2`, so torch and MKL take other kernels, as on another machine; `default` leaves the
 machine's own. On a CPU without AVX-512 those two are the same kernels (torch's own choice is AVX2 there), so
 `generic` (`ATEN_CPU_CAPABILITY=default`, torch's unvectorised kernels, ~1.4x slower steps) gives other rounding; each
-run records the kernels torch took (`cpu_capability`). Each run is `delta-llava-quickstart --seed S --output_dir <output_dir>/<kernels>_s<S>` plus what
-follows `--`, timed by wall clock (run nothing beside it: the times are what the issue bounds). After every run the
-summary is rewritten, so a cut-short check keeps its runs: `benchmarks/results/<results_name>.json` (per run the
-seed, kernels, torch's CPU capability, wall time, accuracy per budget and type, the verdict per budget and the learning curves if measured)
-and `.png` (per question type, every run's accuracy at every budget beside majority + the type margin). The bar is
-the quick start's own (`delta_llava.training.budget_report`); the printed table says, per run and budget, "met" or
-the types and margins that missed it. `--merge A B ...` instead joins the runs of earlier summaries (a check run in
-pieces, in parallel or on several machines) into one, refusing repeated runs and runs trained with other settings.
+run records the kernels torch took (`cpu_capability`). Each run is `delta-llava-quickstart --seed S --output_dir
+<output_dir>/<kernels>_s<S>` plus what follows `--`, timed by wall clock (run nothing beside it: the times are what
+the issue bounds). After every run the summary is rewritten, so a cut-short check keeps its runs:
+`benchmarks/results/<results_name>.json` (per run the seed, kernels, torch's CPU capability, wall time, accuracy per
+budget and type, the verdict per budget and the learning curves if measured) and `.png` (per question type, every
+run's accuracy at every budget beside majority + the type margin). The bar is the quick start's own
+(`delta_llava.training.budget_report`); the printed table says, per run and budget, "met" or the types and margins
+that missed it. `--merge A B ...` instead joins the runs of earlier summaries (a check run in pieces, in parallel or
+on several machines) into one, refusing repeated runs and runs trained with other settings.
 """
 
 import argparse
@@ -54,7 +55,8 @@ def kernel_environment(kernels: str) -> dict[str, str]:
 def cpu_capability(kernels: str) -> str:
     """The kernels torch picks under the setting on this machine, e.g. 'AVX512', 'AVX2' or 'DEFAULT'."""
     query = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
-    return subprocess.run(query, env=kernel_environment(kernels), check=True, capture_output=True, text=True).stdout.strip()
+    answer = subprocess.run(query, env=kernel_environment(kernels), check=True, capture_output=True, text=True)
+    return answer.stdout.strip()
 
 
 def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> dict:
