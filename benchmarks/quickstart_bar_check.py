@@ -73,7 +73,7 @@ def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> d
 def reused_record(folder: Path) -> dict:
     """What an earlier run of this script recorded in `folder` (wall_s None if it was not run by it)."""
     path = folder / RUN_RECORD_FILE
-    return {"cpu_capability": None, **json.loads(path.read_text())} if path.is_file() else {"wall_s": None}
+    return {"cpu_capability": None, **json.loads(path.read_text())} if path.is_file() else {"wall_s": None, "cpu_capability": None}
 
 
 def closest_margin(run: dict, budget: str) -> tuple[str, float]:
@@ -165,6 +165,26 @@ def write_summary(runs: list[dict], results_name: str, command: str) -> tuple[Pa
     return path, all_met
 
 
+def run_check(args: argparse.Namespace, extra: list[str], command: str) -> tuple[list[dict], Path, bool]:
+    """Runs (or with --reuse keeps) every kernels x seed quick start, rewriting the summary after each; returns the runs,
+    the summary's path and whether every run met the bar."""
+    runs = []
+    for kernels in args.kernels:
+        for seed in args.seeds:
+            label = f"{kernels} kernels, seed {seed}"
+            folder = Path(args.output_dir) / f"{kernels}_s{seed}"
+            done = args.reuse and (folder / "results.json").is_file()
+            print(f"{'Reusing' if done else 'Running'} {label} in {folder}", flush=True)
+            record = reused_record(folder) if done else run_quickstart(seed, kernels, folder, extra)
+            run = load_run(label, folder)
+            results = json.loads((folder / "results.json").read_text())
+            verdict = learning_verdict(results, results["arguments"]["elastic_budgets"])  # with `room`, also for old runs
+            runs.append({**run, "seed": seed, "kernels": kernels, **record, "verdict": verdict,
+                         "quickstart_arguments": extra})  # fmt: skip
+            path, all_met = write_summary(runs, args.results_name, command)
+    return runs, path, all_met
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -185,22 +205,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     args = parser.parse_args(own)
     command = "python benchmarks/quickstart_bar_check.py " + " ".join(argv)
-    runs = merged_runs(args.merge) if args.merge else []
-    for kernels in [] if args.merge else args.kernels:
-        for seed in args.seeds:
-            label = f"{kernels} kernels, seed {seed}"
-            folder = Path(args.output_dir) / f"{kernels}_s{seed}"
-            done = args.reuse and (folder / "results.json").is_file()
-            print(f"{'Reusing' if done else 'Running'} {label} in {folder}", flush=True)
-            record = reused_record(folder) if done else run_quickstart(seed, kernels, folder, extra)
-            run = load_run(label, folder)
-            results = json.loads((folder / "results.json").read_text())
-            verdict = learning_verdict(results, results["arguments"]["elastic_budgets"])  # with `room`, also for old runs
-            runs.append({**run, "seed": seed, "kernels": kernels, **record, "verdict": verdict,
-                         "quickstart_arguments": extra})  # fmt: skip
-            path, all_met = write_summary(runs, args.results_name, command)
     if args.merge:
+        runs = merged_runs(args.merge)
         path, all_met = write_summary(runs, args.results_name, command)
+    else:
+        runs, path, all_met = run_check(args, extra, command)
     measure.print_table(*summary_table(runs))
     print(f"\nBar met in every run and budget: {all_met}. Wrote {path} and {path.with_suffix('.png')}.")
     return runs
