@@ -73,7 +73,8 @@ def run_quickstart(seed: int, kernels: str, folder: Path, extra: list[str]) -> d
 def reused_record(folder: Path) -> dict:
     """What an earlier run of this script recorded in `folder` (wall_s None if it was not run by it)."""
     path = folder / RUN_RECORD_FILE
-    return {"cpu_capability": None, **json.loads(path.read_text())} if path.is_file() else {"wall_s": None, "cpu_capability": None}
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    return {"wall_s": None, "cpu_capability": None, **recorded}
 
 
 def closest_margin(run: dict, budget: str) -> tuple[str, float]:
