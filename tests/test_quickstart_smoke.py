@@ -151,10 +151,14 @@ def test_single_budget_steps_must_leave_elastic_steps(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flag", ["--curve_every_steps", "--dataloader_workers"])
-def test_negative_counts_are_refused_before_anything_is_written(tmp_path, flag):
-    with pytest.raises(ValueError, match=f"{flag} -1 is negative"):
-        quickstart.main([*tiny_arguments(tmp_path), flag, "-1"])
+@pytest.mark.parametrize(
+    "flag, value, minimum",
+    [("--curve_every_steps", -1, 0), ("--dataloader_workers", -1, 0), ("--warmup_threads", -1, 0),
+     ("--length_split_passes", 0, 1)],
+)  # fmt: skip
+def test_counts_below_their_minimum_are_refused_before_anything_is_written(tmp_path, flag, value, minimum):
+    with pytest.raises(ValueError, match=f"{flag} {value} is below {minimum}: give {minimum} "):
+        quickstart.main([*tiny_arguments(tmp_path), flag, str(value)])
     assert not any(tmp_path.iterdir())
 
 

@@ -160,3 +160,8 @@ class DeltaLlavaDataArguments:
         default=False,
         metadata={"help": "Batches of conversations of similar length, in random order: less padding per step."},
     )
+    length_split_passes: int = field(
+        default=1,
+        metadata={"help": "Run each batch as up to this many passes over rows of similar length, each without the "
+                  "others' padding; the gradients sum to the batch's (1: one pass; one process only)."},
+    )

@@ -93,6 +93,11 @@ class QuickStartArguments:
     patch_size: int = field(default=8, metadata={"help": "Vision patch side: 96 / 8 = a 12x12 patch grid."})
     warmup_steps: int = field(default=1000, metadata={"help": "Steps of the vision tower's per-cell warm-up."})
     warmup_learning_rate: float = field(default=5e-3, metadata={"help": "Learning rate of the tower's warm-up."})
+    warmup_threads: int = field(
+        default=1,
+        metadata={"help": "torch CPU threads of the tower's warm-up (0: --torch_threads). Nothing else runs then, so a "
+                  "second thread shortens it; the numbers depend on the count, as for training."},
+    )
     language_model_layers: int = field(
         default=2,
         metadata={"help": "Layers of the random small Llama: 2 since 2026-12-06 (steps 22%% cheaper than with 3, and more "
@@ -161,6 +166,11 @@ class QuickStartArguments:
         metadata={"help": "Batches of questions of similar length, in random order: 18%% cheaper steps, but it learned "
                   "worse here (see the README)."},
     )
+    length_split_passes: int = field(
+        default=1,
+        metadata={"help": "Each batch as up to this many passes over rows of similar length, without the others' "
+                  "padding: the same step (other rounding), fewer positions computed."},
+    )
     dataloader_workers: int = field(
         default=1,
         metadata={"help": "Processes that build batches beside training (0: in the training process). Same batches."},
@@ -197,15 +207,16 @@ def build_vision_tower(directory: Path, args: QuickStartArguments, train_set) ->
     scenes = train_set.select(range(0, len(train_set), 2))  # every other row: consecutive rows may share a scene
     pixel_values = image_processor([images[0] for images in scenes["images"]], return_tensors="pt")["pixel_values"]
     cell_labels = torch.tensor(scenes["cell_labels"])
-    losses = warm_up_vision_tower(
-        tower,
-        pixel_values,
-        cell_labels,
-        len(CELL_LABEL_NAMES),
-        args.warmup_steps,
-        learning_rate=args.warmup_learning_rate,
-        seed=args.seed,
-    )
+    with cpu_threads(args.warmup_threads):
+        losses = warm_up_vision_tower(
+            tower,
+            pixel_values,
+            cell_labels,
+            len(CELL_LABEL_NAMES),
+            args.warmup_steps,
+            learning_rate=args.warmup_learning_rate,
+            seed=args.seed,
+        )
     tower.save_pretrained(directory)
     image_processor.save_pretrained(directory)
     return losses
@@ -261,7 +272,9 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         **quick_start_projector(args),
     }
     data_args = DeltaLlavaDataArguments(
-        dataset_path=str(out / "data" / "train"), length_grouped_batches=args.length_grouped_batches
+        dataset_path=str(out / "data" / "train"),
+        length_grouped_batches=args.length_grouped_batches,
+        length_split_passes=args.length_split_passes,
     )
     for index, (steps, budgets, weights) in enumerate(phases):
         folder = checkpoint if index == len(phases) - 1 else out / "single_budget_checkpoint"
@@ -314,9 +327,15 @@ def check_arguments(args: QuickStartArguments) -> None:
             f"--attn_implementation {args.attn_implementation!r} is not a CPU attention kernel the quick start runs: "
             "give eager or sdpa."
         )
-    for name in ("curve_every_steps", "dataloader_workers"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} {getattr(args, name)} is negative: give 0 (off) or a positive number.")
+    smallest = {
+        "curve_every_steps": (0, "0 (off) or a step interval"),
+        "dataloader_workers": (0, "0 (batches built in the training process) or a process count"),
+        "warmup_threads": (0, "0 (as --torch_threads) or a thread count"),
+        "length_split_passes": (1, "1 (one pass per batch) or more"),
+    }
+    for name, (minimum, allowed) in smallest.items():
+        if getattr(args, name) < minimum:
+            raise ValueError(f"--{name} {getattr(args, name)} is below {minimum}: give {allowed}.")
     try:  # the projector settings, checked by the config that will carry them
         DeltaLlavaConfig(**quick_start_projector(args))
     except ValueError as error:

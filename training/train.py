@@ -106,6 +106,7 @@ def train(
         data_collator=collator,
         projector_learning_rate=model_args.projector_learning_rate,
         loss_per_answer=model_args.loss_per_answer,
+        length_split_passes=data_args.length_split_passes,
         batch_lengths=[conversation_length(m) for m in train_dataset["messages"]]
         if data_args.length_grouped_batches
         else None,

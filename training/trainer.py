@@ -1,6 +1,6 @@
-"""TRL's SFTTrainer with four additions: the projector's own learning rate (LLaVA recipes use it), batches of similar
-length (optional), a loss that weighs every answer equally (optional) and whole checkpoints (a completion record
-written after every file of every process)."""
+"""TRL's SFTTrainer with five additions: the projector's own learning rate (LLaVA recipes use it), batches of similar
+length (optional), each step's rows run in groups of similar length (optional), a loss that weighs every answer equally
+(optional) and whole checkpoints (a completion record written after every file of every process)."""
 
 import os
 
@@ -11,11 +11,14 @@ from delta_llava.modeling_delta_llava import PROJECTOR_MODULES
 
 from .checkpoints import mark_complete
 from .length_grouped_batches import ShuffledLengthGroupedSampler
+from .length_split_step import length_split_groups, split_rows
 
 
 class DeltaLlavaSFTTrainer(SFTTrainer):
     """`projector_learning_rate` (optional) moves the projector's parameters into their own optimizer group;
     `batch_lengths` (optional, one per training row) makes every batch rows of similar length, in random order;
+    `length_split_passes` > 1 runs each batch as up to that many forward/backward passes over rows of similar length,
+    each trimmed of padding, whose gradients sum to the batch's (one process only);
     `loss_per_answer` averages the loss over each answer's tokens first, then over the answers, so a one-word answer
     weighs as much as a twenty-word caption (TRL's loss averages over all answer tokens of the batch)."""
 
@@ -25,12 +28,21 @@ class DeltaLlavaSFTTrainer(SFTTrainer):
         projector_learning_rate: float | None = None,
         batch_lengths: list[int] | None = None,
         loss_per_answer: bool = False,
+        length_split_passes: int = 1,
         **kwargs,
     ):
         self.projector_learning_rate = projector_learning_rate
         self.batch_lengths = batch_lengths
         self.loss_per_answer = loss_per_answer
+        self.length_split_passes = length_split_passes
         super().__init__(*args, **kwargs)
+        if length_split_passes < 1:
+            raise ValueError(f"length_split_passes {length_split_passes} must be at least 1 (1: no split).")
+        if length_split_passes > 1 and (loss_per_answer or self.args.world_size > 1 or self.is_deepspeed_enabled):
+            raise ValueError(
+                "length_split_passes > 1 splits one process's step into passes whose losses share the batch's token "
+                "count: it does not combine with loss_per_answer, several processes or DeepSpeed. Set it to 1."
+            )
         if loss_per_answer and (self.args.loss_type != "nll" or self.label_smoother or self.compute_loss_func):
             raise ValueError(
                 "loss_per_answer replaces TRL's token-averaged negative log-likelihood: it does not combine with "
@@ -49,6 +61,17 @@ class DeltaLlavaSFTTrainer(SFTTrainer):
         # Trainer leaves the division by the accumulation steps to the loss when it hands over a token count
         scaled_by_trainer = not (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
         return loss if scaled_by_trainer else loss / self.current_gradient_accumulation_steps
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.length_split_passes == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        if num_items_in_batch is None:  # the batch's answer tokens, as Trainer counts them: each pass divides by them
+            num_items_in_batch = inputs["labels"][:, 1:].ne(-100).sum()
+        loss = 0
+        for batch in split_rows(inputs, length_split_groups(lengths, self.length_split_passes), lengths):
+            loss = loss + super().training_step(model, batch, num_items_in_batch)
+        return loss
 
     def _get_train_sampler(self, train_dataset=None):
         if self.batch_lengths is None:
