@@ -15,6 +15,7 @@ from delta_llava import DeltaLlavaForConditionalGeneration
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import flops_real_size  # noqa: E402
+import length_split_speed  # noqa: E402
 import speed_cpu  # noqa: E402
 from measure import count_flops  # noqa: E402
 
@@ -200,3 +201,31 @@ def test_each_stage_trains_its_parts():
     stage2 = {id(p) for p in speed_cpu.set_stage(model, 2)}
     assert projector < stage2
     assert not any(id(p) in stage2 for p in model.model.vision_tower.parameters())
+
+
+def test_length_split_speed_times_the_quick_starts_batches_each_way(capsys):
+    length_split_speed.main(["--batches", "2", "--repeats", "2", "--passes", "2", "--train_samples", "64", "--no-json"])
+    printed = capsys.readouterr().out
+    ratios = [line.split() for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [row[0] for row in ratios] == ["1", "2"]
+    assert ratios[0][2:] == ["1.000", "(1.000-1.000)", "1.000"]  # one pass against itself
+    assert float(ratios[1][2]) > 0 and float(ratios[1][-1]) <= 1.0  # splitting never computes more positions
+
+
+def test_length_split_summary_takes_each_ratio_within_its_repeat():
+    def batch(lengths):
+        mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+        for row, length in enumerate(lengths):
+            mask[row, :length] = 1
+        return {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
+
+    batches = [batch([30, 15, 15, 15]), batch([20, 20])]
+    totals = {1: [2.0, 4.0], 2: [1.0, 3.0]}  # repeat 2 ran on a slower moment: the ratios are 0.5 and 0.75
+    per_batch = {1: [[1.5, 3.0], [0.5, 1.0]], 2: [[0.6, 2.0], [0.4, 1.0]]}
+    summary = length_split_speed.summarise(batches, [1, 2], totals, per_batch)
+    assert summary["overall"]["2"]["ratio_to_one_pass"] == {"median": 0.625, "min": 0.5, "max": 0.75}
+    assert summary["overall"]["1"]["positions"] == 4 * 30 + 2 * 20
+    assert summary["overall"]["2"]["positions"] == 30 + 3 * 15 + 2 * 20
+    assert summary["by_padded_width"]["30"] == {
+        "batches": 1, "ms_1_passes": 2250.0, "ms_2_passes": 1300.0, "positions_1_passes": 120, "positions_2_passes": 75,
+    }  # fmt: skip

@@ -244,6 +244,29 @@ def build_language_model(
     tokenizer.save_pretrained(directory)
 
 
+def build_data(args: QuickStartArguments, out: Path):
+    """The synthetic train set (saved to `out/data/train`, two questions per scene) and test set (another seed)."""
+    train_set = make_synthetic_vqa(args.train_samples, seed=args.seed, image_size=args.image_size, questions_per_scene=2)
+    test_set = make_synthetic_vqa(args.test_samples, seed=args.seed + 1000, image_size=args.image_size)
+    train_set.save_to_disk(str(out / "data" / "train"))
+    return train_set, test_set
+
+
+def build_models(args: QuickStartArguments, out: Path, train_set) -> list[float]:
+    """The tokenizer and random small Llama in `out/language_model`, the warmed-up tower in `out/vision_tower`;
+    returns the warm-up's losses."""
+    tokenizer = build_tokenizer(out / "language_model", grid_size=3)
+    build_language_model(
+        out / "language_model",
+        tokenizer,
+        args.language_model_layers,
+        args.language_model_heads,
+        args.seed,
+        args.tie_word_embeddings,
+    )
+    return build_vision_tower(out / "vision_tower", args, train_set)
+
+
 def elastic_budget_weights(args: QuickStartArguments) -> list[int] | None:
     """How often each of `elastic_budgets` is drawn: `train_budget_weight` for the train budget, 1 for the others
     (None: all alike, and always with every_budget, which trains every budget in every batch)."""
@@ -352,21 +375,9 @@ def run(args: QuickStartArguments) -> dict:
         timings[name] = round(time.time() - started - sum(timings.values()), 1)
         print(f"[{time.time() - started:6.0f}s] {name} done")
 
-    train_set = make_synthetic_vqa(args.train_samples, seed=args.seed, image_size=args.image_size, questions_per_scene=2)
-    test_set = make_synthetic_vqa(args.test_samples, seed=args.seed + 1000, image_size=args.image_size)
-    train_set.save_to_disk(str(out / "data" / "train"))
+    train_set, test_set = build_data(args, out)
     lap("synthetic data")
-
-    tokenizer = build_tokenizer(out / "language_model", grid_size=3)
-    build_language_model(
-        out / "language_model",
-        tokenizer,
-        args.language_model_layers,
-        args.language_model_heads,
-        args.seed,
-        args.tie_word_embeddings,
-    )
-    warmup_losses = build_vision_tower(out / "vision_tower", args, train_set)
+    warmup_losses = build_models(args, out, train_set)
     lap("vision tower warm-up")
 
     curves = None
