@@ -97,11 +97,32 @@ def summarise(batches: list[dict], settings: list[int], totals: dict, per_batch:
                 f"ms_{passes}_passes": 1000 * statistics.median(t for i in indices for t in per_batch[passes][i])
                 for passes in settings
             },
-            **{f"positions_{passes}_passes": sum(computed_positions(batches[i], passes) for i in indices) for passes in settings},
+            **{
+                f"positions_{passes}_passes": sum(computed_positions(batches[i], passes) for i in indices)
+                for passes in settings
+            },
         }
         for width, indices in sorted(widths.items())
     }
     return {"overall": overall, "by_padded_width": by_width}
+
+
+def print_report(results: dict, settings: list[int]) -> None:
+    """The overall ratios, then the median milliseconds per batch at each padded width."""
+    one_pass_positions = results["overall"]["1"]["positions"]
+    rows = []
+    for passes, row in results["overall"].items():
+        ratio = row["ratio_to_one_pass"]
+        spread = f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
+        positions = f"{row['positions'] / one_pass_positions:.3f}"
+        rows.append([passes, f"{row['ms_per_batch_median']:.1f}", spread, positions])
+    print_table(["passes", "ms / batch", "time vs 1 pass", "positions vs 1 pass"], rows)
+    print()
+    widths = results["by_padded_width"]
+    print_table(
+        ["padded width", "batches", *[f"ms, {passes} pass(es)" for passes in settings]],
+        [[width, row["batches"], *[f"{row[f'ms_{p}_passes']:.1f}" for p in settings]] for width, row in widths.items()],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,27 +148,18 @@ def main(argv: list[str] | None = None) -> None:
         build_models(quick_start, out, train_set)
         trainer = train_in_phases(quick_start, out, out / "checkpoint", curves=None)
         config = trainer.model.config
-        with cached_vision_tower(trainer.model.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
+        read_layers = [config.vision_feature_layer, *config.memory_layers]
+        with cached_vision_tower(trainer.model.model.vision_tower, read_layers):
             batches = training_batches(trainer, args.batches)
             for batch in tqdm(batches, desc="untimed pass (fills the tower-feature cache)"):
                 step_seconds(trainer, batch, 1)
             totals, per_batch = measure(trainer, batches, settings, args.repeats)
     results = summarise(batches, settings, totals, per_batch)
 
-    rows = []
-    for passes, row in results["overall"].items():
-        ratio = row["ratio_to_one_pass"]
-        rows.append([passes, f"{row['ms_per_batch_median']:.1f}", f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})",
-                     f"{row['positions'] / results['overall']['1']['positions']:.3f}"])  # fmt: skip
-    print_table(["passes", "ms / batch", "time vs 1 pass", "positions vs 1 pass"], rows)
-    print()
-    print_table(
-        ["padded width", "batches", *[f"ms, {p} pass{'es' if p > 1 else ''}" for p in settings]],
-        [[width, row["batches"], *[f"{row[f'ms_{p}_passes']:.1f}" for p in settings]] for width, row in results["by_padded_width"].items()],
-    )  # fmt: skip
+    print_report(results, settings)
     if not args.no_json:
-        payload = {"settings": vars(args), **results}
-        path = write_results("length_split_speed", payload, "python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
+        command = "python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])])
+        path = write_results("length_split_speed", {"settings": vars(args), **results}, command)
         print(f"\nWrote {path}")
 
 

@@ -209,7 +209,7 @@ def test_length_split_speed_times_the_quick_starts_batches_each_way(capsys):
     ratios = [line.split() for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"])]
     assert [row[0] for row in ratios] == ["1", "2"]
     assert ratios[0][2:] == ["1.000", "(1.000-1.000)", "1.000"]  # one pass against itself
-    assert float(ratios[1][2]) > 0 and float(ratios[1][-1]) <= 1.0  # splitting never computes more positions
+    assert float(ratios[1][2]) > 0 and float(ratios[1][-1]) <= 1.0  # a split never computes more positions
 
 
 def test_length_split_summary_takes_each_ratio_within_its_repeat():

@@ -48,13 +48,15 @@ def length_split_groups(lengths: Sequence[int], passes: int) -> list[list[int]]:
 def split_rows(inputs: dict, groups: list[list[int]], lengths: Sequence[int]) -> list[dict]:
     """
     A collated, right-padded batch (token tensors (B, T), per-image tensors (B, ...), one image per row) -> one batch
-    per group: its rows, token tensors cut to (b, the group's longest row). Entries that are not per-row tensors (a budget
-    number) are shared.
+    per group: its rows, token tensors cut to (b, the group's longest row). Entries that are not per-row tensors
+    (a budget number) are shared.
     """
     rows, width = inputs["input_ids"].shape
     for key, value in inputs.items():
         if isinstance(value, (list, tuple)):
-            raise ValueError(f"length_split_passes splits tensors only; the batch entry {key!r} is a {type(value).__name__}.")
+            raise ValueError(
+                f"length_split_passes splits tensors only; the batch entry {key!r} is a {type(value).__name__}."
+            )
     if "pixel_values" in inputs and inputs["pixel_values"].shape[0] != rows:
         raise ValueError(
             f"length_split_passes needs one image per row: the batch has {inputs['pixel_values'].shape[0]} images "

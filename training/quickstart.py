@@ -245,7 +245,8 @@ def build_language_model(
 
 
 def build_data(args: QuickStartArguments, out: Path):
-    """The synthetic train set (saved to `out/data/train`, two questions per scene) and test set (another seed)."""
+    """The synthetic train set (saved to `out/data/train`, two questions per scene) and the test set (another
+    seed)."""
     train_set = make_synthetic_vqa(args.train_samples, seed=args.seed, image_size=args.image_size, questions_per_scene=2)
     test_set = make_synthetic_vqa(args.test_samples, seed=args.seed + 1000, image_size=args.image_size)
     train_set.save_to_disk(str(out / "data" / "train"))
