@@ -1,6 +1,7 @@
-"""Speed of length-split steps on the quick start's training, as ratios measured in one run: the same batches' forward
-and backward as one pass (every row padded to the batch's longest) and as 2, 3, ... passes over rows of similar length
-(`--length_split_passes`).
+"""Speed of length-split steps on the quick start's training, as ratios measured in one run.
+
+The same batches' forward and backward as one pass (every row padded to the batch's longest) and as 2, 3, ... passes
+over rows of similar length (`--length_split_passes`).
 
     python benchmarks/length_split_speed.py                                        # ~6 min alone on 2 cores
     python benchmarks/length_split_speed.py --batches 4 --repeats 1 --no-json      # smoke run, under a minute
@@ -126,12 +127,14 @@ def print_report(results: dict, settings: list[int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--passes", type=int, nargs="+", default=[2, 3], help="settings compared with one pass")
     parser.add_argument("--batches", type=int, default=60, help="batches of 32, the quick start's first ones")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train_samples", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over every batch and setting")
+    parser.add_argument("--train_samples", type=int, default=2000, help="synthetic questions the batches come from")
+    parser.add_argument("--seed", type=int, default=0, help="the quick start's seed (data, models, batch order)")
     parser.add_argument("--no-json", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if any(passes < 2 for passes in args.passes) or args.batches < 1 or args.repeats < 1:

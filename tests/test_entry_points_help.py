@@ -34,6 +34,7 @@ SCRIPTS = {
     "quickstart_runs.py": ("Gathers quick-start runs", ["runs", "--output"]),
     "quickstart_bar_check.py": ("Runs the quick start over seeds and CPU kernel settings", ["--seeds", "--kernels", "--reuse"]),
     "mask_inversion_cost.py": ("Seconds per image of Mask-LLaVA's object features", ["--masks", "--iterations"]),
+    "length_split_speed.py": ("Speed of length-split steps on the quick start's training", ["--passes", "--batches"]),
 }
 
 
