@@ -63,7 +63,8 @@ def split_rows(inputs: dict, groups: list[list[int]], lengths: Sequence[int]) ->
             f"for {rows} rows. Set length_split_passes 1 for multi-image or text-only rows."
         )
     mask = inputs["attention_mask"]
-    if not all(bool(mask[row, : lengths[row]].all()) for row in range(rows)):
+    right_padded = torch.arange(width, device=mask.device) < torch.tensor(lengths, device=mask.device)[:, None]
+    if not torch.equal(mask.bool(), right_padded):
         raise ValueError("length_split_passes needs right-padded rows (padding_side='right', as training pads).")
     batches = []
     for group in groups:
