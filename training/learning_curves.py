@@ -34,7 +34,10 @@ class LearningCurveCallback(TrainerCallback):
             self.measure(model, processing_class, step)
 
     def measure(self, model, processor, step: int) -> None:
-        scores = {budget: evaluate_budget(model, processor, self.test_set, budget)["scores"] for budget in self.budgets}
+        scores = {  # batched by question text, as the final evaluation: short answers stop generating early
+            budget: evaluate_budget(model, processor, self.test_set, budget, batch_by_question=True)["scores"]
+            for budget in self.budgets
+        }
         model.train()
         self.points.append({"step": step, "budgets": scores})
         for budget, by_type in scores.items():
