@@ -151,6 +151,12 @@ def test_single_budget_steps_must_leave_elastic_steps(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_the_loss_per_answer_asks_for_one_pass_per_batch(tmp_path):
+    with pytest.raises(ValueError, match="Add --length_split_passes 1 to use --loss_per_answer"):
+        quickstart.main([*tiny_arguments(tmp_path), "--loss_per_answer", "true"])  # two passes by default
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "flag, value, minimum",
     [("--curve_every_steps", -1, 0), ("--dataloader_workers", -1, 0), ("--warmup_threads", -1, 0),
