@@ -7,7 +7,8 @@ over rows of similar length (`--length_split_passes`).
     python benchmarks/length_split_speed.py --batches 4 --repeats 1 --no-json      # smoke run, under a minute
 
 The quick start's model, data and elastic budgets as its defaults build them (2-layer Llama with 32 eager heads,
-shared_base Delta projector, budgets 36/16/9/1 with 9 drawn three times as often), from `--train_samples` questions,
+shared_base Delta projector, 9 drawn three times as often; `--elastic_budgets`: the quick start's 16/9/1 by default;
+the recorded results were measured with 36/16/9/1, its default then), from `--train_samples` questions,
 the tower warmed up for one step only (speed does not depend on its weights) and its features memoised as in the quick
 start. Every batch goes through the trainer's training step (forward and backward, no optimizer step: every setting
 sees the same weights) once per setting per repeat, the settings in rotating order; a setting's time is summed over
@@ -28,7 +29,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from delta_llava.training.length_split_step import length_split_groups
-from delta_llava.training.quickstart import QuickStartArguments, build_data, build_models, cpu_threads, train_in_phases
+from delta_llava.training.quickstart import (
+    QuickStartArguments,
+    build_data,
+    build_models,
+    check_arguments,
+    cpu_threads,
+    train_in_phases,
+)
 from delta_llava.training.vision_feature_cache import cached_vision_tower
 from measure import print_table, write_results
 
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over every batch and setting")
     parser.add_argument("--train_samples", type=int, default=2000, help="synthetic questions the batches come from")
     parser.add_argument("--seed", type=int, default=0, help="the quick start's seed (data, models, batch order)")
+    parser.add_argument(
+        "--elastic_budgets", type=int, nargs="+", default=QuickStartArguments().elastic_budgets,
+        help="budgets the batches are drawn from, as the quick start's (it must include 9, its own budget)",
+    )
     parser.add_argument("--no-json", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if any(passes < 2 for passes in args.passes) or args.batches < 1 or args.repeats < 1:
@@ -145,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(folder)
         quick_start = QuickStartArguments(
             output_dir=folder, train_samples=args.train_samples, test_samples=1, warmup_steps=1, train_steps=1,
-            seed=args.seed, dataloader_workers=0,
+            seed=args.seed, dataloader_workers=0, elastic_budgets=args.elastic_budgets,
         )  # fmt: skip
+        check_arguments(quick_start)
         train_set, _ = build_data(quick_start, out)
         build_models(quick_start, out, train_set)
         trainer = train_in_phases(quick_start, out, out / "checkpoint", curves=None)
