@@ -12,6 +12,7 @@ from jinja2.exceptions import TemplateError
 
 from conftest import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE, tiny_config
 from delta_llava import DeltaLlavaForConditionalGeneration
+from delta_llava.input_checks import all_finite
 from delta_llava.training.arguments import DeltaLlavaDataArguments
 from delta_llava.training.elastic_budget import ElasticBudgetCollator
 from delta_llava.training.train import check_processes_are_synchronised, load_training_data
@@ -79,16 +80,19 @@ def model_inputs(config, **changes):
     return {name: value for name, value in inputs.items() if value is not None}
 
 
-def nan_pixels(size):
+def pixels_with(value, size):
     pixels = torch.randn(1, 3, size, size)
-    pixels[0, 0, 0, 0] = float("nan")
+    pixels[0, 1, size // 2, size // 3] = value
     return pixels
 
 
 MODEL_CASES = [  # (name, changes to the inputs as a function of the config, exception, phrase)
     ("uint8 pixels", lambda c: {"pixel_values": torch.zeros(1, 3, 32, 32, dtype=torch.uint8)}, TypeError,
      "pixel_values has dtype torch.uint8"),
-    ("NaN pixels", lambda c: {"pixel_values": nan_pixels(c.vision_config.image_size)}, ValueError, "NaN or infinite"),
+    ("NaN pixels", lambda c: {"pixel_values": pixels_with(float("nan"), c.vision_config.image_size)}, ValueError,
+     "NaN or infinite"),
+    ("infinite pixels", lambda c: {"pixel_values": pixels_with(float("-inf"), c.vision_config.image_size)}, ValueError,
+     "NaN or infinite"),
     ("pixels of the wrong size", lambda c: {"pixel_values": torch.randn(1, 3, 20, 20)}, ValueError,
      "pixel_values has shape (1, 3, 20, 20)"),
     ("pixels without a batch axis", lambda c: {"pixel_values": torch.randn(3, 32, 32)}, ValueError,
@@ -119,6 +123,16 @@ MODEL_CASES = [  # (name, changes to the inputs as a function of the config, exc
 def test_bad_model_call(model, name, changes, error, phrase):
     with pytest.raises(error, match=re.escape(phrase)):
         model(**model_inputs(model.config, **changes(model.config)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value, finite", [(float("nan"), False), (float("inf"), False), (-float("inf"), False), (6e4, True)])
+@pytest.mark.parametrize("where", [0, 777, -1])
+def test_all_finite_finds_one_bad_value_anywhere(dtype, value, finite, where):
+    values = torch.randn(4, 3, 9, 9).to(dtype)
+    values.view(-1)[where] = value
+    assert all_finite(values) is finite
+    assert all_finite(torch.zeros(0)) and all_finite(torch.tensor([2**40]))  # empty, integer: nothing to find
 
 
 def user(content):

@@ -80,6 +80,16 @@ def test_dataset_columns_and_round_trip(rows):
         assert stored["cell_labels"] == row["cell_labels"]
 
 
+def test_a_scene_asked_twice_is_stored_once_and_round_trips():
+    rows = list(iter_synthetic_vqa(8, seed=5, image_size=48, questions_per_scene=2))
+    dataset = make_synthetic_vqa(8, seed=5, image_size=48, questions_per_scene=2)
+    stored = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))["images"]
+    assert all(stored[row] == stored[row + 1] for row in range(0, 8, 2))  # the same PNG for both questions
+    assert len({images[0]["bytes"] for images in stored}) == 4
+    for decoded, row in zip(dataset["images"], rows):
+        assert decoded[0].convert("RGB").tobytes() == row["images"][0].tobytes()
+
+
 def test_messages_put_the_question_before_the_image(rows):
     for row in rows:
         user, assistant = row["messages"]

@@ -22,6 +22,7 @@ seed gives the same images and texts; use different seeds for train and test
 
 from __future__ import annotations
 
+import io
 import random
 import re
 from collections import Counter, defaultdict
@@ -175,8 +176,22 @@ def make_synthetic_vqa(
     rows = list(
         iter_synthetic_vqa(num_samples, seed, image_size, grid_size, question_types, max_objects, questions_per_scene)
     )
+    stored: dict[int, dict] = {}  # id(image) -> its PNG: the rows of one scene share the image, encoded once
+    for row in rows:
+        for image in row["images"]:
+            if id(image) not in stored:
+                stored[id(image)] = png_entry(image)
+        row["images"] = [stored[id(image)] for image in row["images"]]
     columns = {name: [row[name] for row in rows] for name in FEATURES}
     return datasets.Dataset.from_dict(columns, features=FEATURES)
+
+
+def png_entry(image: Image.Image) -> dict:
+    """An image as `datasets.Image` stores it (PNG bytes, as its own encoder writes them): handing the bytes over
+    skips its encoder, which compresses each row's image twice (~0.5 ms a row, 9 s of the quick start's 18,000)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
 
 
 def iter_synthetic_vqa(
