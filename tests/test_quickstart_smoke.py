@@ -46,6 +46,14 @@ def test_results_cover_every_budget_and_question_type(tiny_quickstart):
     assert all(0 < results["majority"][name]["accuracy"] < 1 for name in types - {"caption"})
 
 
+def test_batches_cross_from_the_worker_as_files_only_inside_the_quick_start(tiny_quickstart):
+    before = torch.multiprocessing.get_sharing_strategy()  # the quick start above ran and gave it back
+    assert before == "file_descriptor"
+    with quickstart.batches_shared_as_files():
+        assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    assert torch.multiprocessing.get_sharing_strategy() == before
+
+
 def test_verdict_follows_the_bar(tiny_quickstart):
     _, results = tiny_quickstart
     majority = results["majority"]
