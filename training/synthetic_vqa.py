@@ -176,7 +176,9 @@ def make_synthetic_vqa(
     rows = list(
         iter_synthetic_vqa(num_samples, seed, image_size, grid_size, question_types, max_objects, questions_per_scene)
     )
-    stored: dict[int, dict] = {}  # id(image) -> its PNG: the rows of one scene share the image, encoded once
+    # id(image) -> its PNG: the rows of one scene share the image, encoded once. Every image is alive in `rows`
+    # before the loop starts, so no two of them share an id.
+    stored: dict[int, dict] = {}
     for row in rows:
         for image in row["images"]:
             if id(image) not in stored:
