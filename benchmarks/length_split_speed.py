@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(folder)
         quick_start = QuickStartArguments(
             output_dir=folder, train_samples=args.train_samples, test_samples=1, warmup_steps=1, train_steps=1,
-            seed=args.seed, dataloader_workers=0, elastic_budgets=args.elastic_budgets,
+            single_budget_steps=0, seed=args.seed, dataloader_workers=0, elastic_budgets=args.elastic_budgets,
         )  # fmt: skip
         check_arguments(quick_start)
         train_set, _ = build_data(quick_start, out)

@@ -20,6 +20,7 @@ def tiny_arguments(out) -> list[str]:
         "--patch_size", "4",  # an 8x8 patch grid: budgets 64, 16, 4, 1
         "--warmup_steps", "3",
         "--train_steps", "3",
+        "--single_budget_steps", "1",  # two phases, as the default
         "--batch_size", "4",
         "--train_budget", "4",
         "--elastic_budgets", "16", "4",  # 1 is evaluated but not trained: no bar there
@@ -195,7 +196,7 @@ def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path,
     from safetensors.torch import load_file
 
     def phased(folder):
-        return [*tiny_arguments(folder), "--single_budget_steps", "1", "--query_positions", "image"]
+        return [*tiny_arguments(folder), "--query_positions", "image"]  # two phases: 1 step at 4 tokens, then 2
 
     out = tmp_path / "phased"
     quickstart.main([*phased(out), "--curve_every_steps", "2", "--curve_samples", "6"])
