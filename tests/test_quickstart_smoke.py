@@ -192,6 +192,26 @@ def test_batches_built_in_a_worker_process_train_the_same_weights(tmp_path, tiny
     assert all(torch.equal(in_process[key], in_worker[key]) for key in in_worker)
 
 
+def test_the_second_phase_reuses_the_first_phases_tower_features_with_the_same_result(
+    tmp_path, tiny_quickstart, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    stores = []
+    shared_train = quickstart.train
+
+    def train_with_its_own_store(*args, vision_feature_store, **kwargs):
+        stores.append(vision_feature_store)
+        return shared_train(*args, vision_feature_store=None, **kwargs)
+
+    monkeypatch.setattr(quickstart, "train", train_with_its_own_store)
+    quickstart.main(tiny_arguments(tmp_path))
+    assert len(stores) == 2 and stores[0] is stores[1]  # the quick start hands both phases one store
+    separate = load_file(tmp_path / "checkpoint" / "model.safetensors")
+    shared = load_file(tiny_quickstart[0] / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(separate[key], shared[key]) for key in shared)
+
+
 def test_learning_curves_span_both_phases_and_leave_training_unchanged(tmp_path, tiny_quickstart):
     from safetensors.torch import load_file
 

@@ -35,6 +35,21 @@ def test_cached_states_equal_the_towers_and_each_image_runs_once(tower):
     assert "forward" not in vars(tower)  # the class's forward is back after the block
 
 
+def test_a_store_carries_the_states_on_to_a_later_block(tower):
+    images = torch.randn(3, 3, 16, 16)
+    calls = []
+    tower.get_input_embeddings().register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    with cached_vision_tower(tower, [-1]) as store:
+        first = tower(images[:2], output_hidden_states=True).hidden_states
+    with cached_vision_tower(tower, [-1], store):  # e.g. a second training phase over the same frozen tower
+        again = tower(images, output_hidden_states=True).hidden_states
+    with cached_vision_tower(tower, [1, -1], store):  # a layer the store lacks: the tower runs again
+        other = tower(images[:1], output_hidden_states=True).hidden_states
+    assert calls == [2, 1, 1] and len(store) == 3
+    assert torch.equal(again[-1][:2], first[-1])
+    torch.testing.assert_close(other[1], tower(images[:1], output_hidden_states=True).hidden_states[1])
+
+
 def test_keys_tell_images_apart_by_content_alone():
     image = torch.rand(3, 16, 16)
     changed = image.clone()

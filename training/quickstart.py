@@ -305,6 +305,7 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
         length_grouped_batches=args.length_grouped_batches,
         length_split_passes=args.length_split_passes,
     )
+    tower_features = {}  # the frozen tower's states of the training images, computed once for both phases
     for index, (steps, budgets, weights) in enumerate(phases):
         folder = checkpoint if index == len(phases) - 1 else out / "single_budget_checkpoint"
         model_args = DeltaLlavaModelArguments(
@@ -327,7 +328,9 @@ def train_in_phases(args: QuickStartArguments, out: Path, checkpoint: Path, curv
             dataloader_num_workers=args.dataloader_workers,
             dataloader_persistent_workers=args.dataloader_workers > 0,  # one start per phase, not one per epoch
         )
-        trainer = train(model_args, data_args, training_args, callbacks=[curves] if curves else None)
+        trainer = train(
+            model_args, data_args, training_args, [curves] if curves else None, vision_feature_store=tower_features
+        )
         start = {"model_name_or_path": str(folder)}
         if curves:
             curves.step_offset += steps

@@ -65,9 +65,11 @@ def train(
     data_args: DeltaLlavaDataArguments,
     training_args: SFTConfig,
     callbacks: list | None = None,
+    vision_feature_store: dict | None = None,
 ):
     """Runs one stage and saves a checkpoint that loads with AutoModelForImageTextToText + trust_remote_code;
-    `callbacks` go to the trainer."""
+    `callbacks` go to the trainer. With --cache_vision_features, `vision_feature_store` holds the frozen tower's
+    states from an earlier stage over the same tower weights (see `cached_vision_tower`), filled further here."""
     set_seed(training_args.seed)
     check_processes_are_synchronised(training_args.world_size)  # before anything is built
     resume_from = resolve_resume_checkpoint(
@@ -115,7 +117,8 @@ def train(
     if model_args.cache_vision_features:
         delta_llava = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = delta_llava.config
-        with cached_vision_tower(delta_llava.model.vision_tower, [config.vision_feature_layer, *config.memory_layers]):
+        read_layers = [config.vision_feature_layer, *config.memory_layers]
+        with cached_vision_tower(delta_llava.model.vision_tower, read_layers, vision_feature_store):
             trainer.train(resume_from_checkpoint=resume_from)
     else:
         trainer.train(resume_from_checkpoint=resume_from)
