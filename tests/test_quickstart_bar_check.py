@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import measure  # noqa: E402
 import quickstart_bar_check  # noqa: E402
 
-TINY = ["--train_samples", "48", "--test_samples", "12", "--warmup_steps", "2", "--train_steps", "2", "--single_budget_steps", "1",
-        "--batch_size", "4", "--elastic_budgets", "9", "1", "--eval_budgets", "9", "1",
+TINY = ["--train_samples", "48", "--test_samples", "12", "--warmup_steps", "2", "--train_steps", "2",
+        "--single_budget_steps", "1", "--batch_size", "4", "--elastic_budgets", "9", "1", "--eval_budgets", "9", "1",
         "--dataloader_workers", "0"]  # fmt: skip
 
 
